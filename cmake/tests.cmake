@@ -41,3 +41,11 @@ foreach(src ${LORELEY_LUA_TESTS})
     RUN_SERIAL ${serial}
     ENVIRONMENT "LORELEY_HOST=$<TARGET_FILE:loreley-host>;LORELEY_SOURCE_DIR=${CMAKE_SOURCE_DIR};LORELEY_BINARY_DIR=${CMAKE_BINARY_DIR};LUA_PATH=${CMAKE_SOURCE_DIR}/tests/lua/?.lua\\;\\;")
 endforeach()
+
+# Shell tests: tests/sh/test_<name>.sh BUILD_DIR SOURCE_DIR
+file(GLOB LORELEY_SH_TESTS CONFIGURE_DEPENDS ${CMAKE_SOURCE_DIR}/tests/sh/test_*.sh)
+foreach(src ${LORELEY_SH_TESTS})
+  get_filename_component(name ${src} NAME_WE)
+  add_test(NAME sh_${name} COMMAND bash ${src} ${CMAKE_BINARY_DIR} ${CMAKE_SOURCE_DIR})
+  set_tests_properties(sh_${name} PROPERTIES LABELS "unit;cli" TIMEOUT 120)
+endforeach()
