@@ -795,6 +795,8 @@ static int read_options(jreader *r, jstring *rid, int *has_rid, dq_message_info 
             }
             const char *type = peek_type(r);
             jnumber n;
+            if (strcmp(type, "not a JSON value") == 0 || strcmp(type, "nothing") == 0)
+                return jfail(r, "value expected");
             if (strcmp(type, "a number") != 0) {
                 set_err(r->err, r->errlen,
                         "options.eta must be an integer number of milliseconds, got %s", type);
@@ -836,6 +838,8 @@ static int expect_type(jreader *r, int k, const char *want)
     const char *got = peek_type(r);
     if (strcmp(got, want) == 0)
         return 0;
+    if (strcmp(got, "not a JSON value") == 0 || strcmp(got, "nothing") == 0)
+        return jfail(r, "value expected");
     set_err(r->err, r->errlen, "%s must be %s, got %s", KEY_NAMES[k], want, got);
     return -1;
 }
