@@ -45,7 +45,7 @@ void redis_url_defaults(redis_url *u);
 /*
  * Parses url into *u (starting from the defaults). Returns 0, or -1 with a message in
  * err (at most errlen bytes, NUL-terminated) that names what was wrong, e.g.
- * "TLS (rediss://) is not supported by this build: use redis:// or unix://".
+ * "TLS is not supported by this build (rediss://; ...): use redis:// or unix://".
  */
 int redis_url_parse(const char *url, redis_url *u, char *err, size_t errlen);
 

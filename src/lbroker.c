@@ -824,12 +824,14 @@ static int encode_value(encoder *e, int idx, int empty_as_array)
         }
         return 0;
     }
-    case LUA_TNUMBER:
-        if (dq_json_number(e->out, lua_tonumber(L, idx)) != DQ_OK) {
-            encode_fail(e, "%g has no JSON form", lua_tonumber(L, idx));
+    case LUA_TNUMBER: {
+        double v = lua_tonumber(L, idx);
+        if (dq_json_number(e->out, v) != DQ_OK) {
+            encode_fail(e, "%s has no JSON form", isnan(v) ? "NaN" : v > 0 ? "inf" : "-inf");
             return -1;
         }
         return 0;
+    }
     case LUA_TBOOLEAN:
         dq_buf_puts(e->out, lua_toboolean(L, idx) ? "true" : "false");
         return 0;
@@ -906,7 +908,7 @@ static void read_enqueue_opts(lua_State *L, int idx, int args_idx, enqueue_opts 
         double d = lua_type(L, -1) == LUA_TNUMBER ? lua_tonumber(L, -1) : -1;
         if (d != floor(d) || d < 0 || d > (double)MAX_DELAY_MS)
             luaL_error(L, "%s: delay_ms must be an integer number of milliseconds in "
-                          "0..%lld (7 days)", what, (long long)MAX_DELAY_MS);
+                          "0..%d (7 days)", what, (int)MAX_DELAY_MS);
         o->delayed = 1;
         o->delay_ms = (int64_t)d;
     }
@@ -2148,9 +2150,11 @@ static double opt_seconds(lua_State *L, int idx, const char *key, double def, do
                           double max)
 {
     double v = lmod_opt_number(L, idx, key, def);
-    if (!(v >= min && v <= max))
-        luaL_error(L, "broker.connect: %s must be a number of seconds in [%g, %g]", key, min,
-                   max);
+    if (!(v >= min && v <= max)) {
+        char range[64];
+        snprintf(range, sizeof range, "[%g, %g]", min, max);
+        luaL_error(L, "broker.connect: %s must be a number of seconds in %s", key, range);
+    }
     return v;
 }
 

@@ -252,8 +252,8 @@ int redis_url_parse(const char *url, redis_url *u, char *err, size_t errlen)
                     "not a Redis URL (expected redis://host:port/db or unix:///path)");
     size_t sn = (size_t)(sep - url);
     if (sn == 6 && strncasecmp(url, "rediss", 6) == 0)
-        return fail(err, errlen, "TLS (rediss://) is not supported by this build: "
-                                 "use redis:// or unix://");
+        return fail(err, errlen, "TLS is not supported by this build (rediss://; hiredis "
+                                 "0.14 without SSL): use redis:// or unix://");
     if (sn == 5 && strncasecmp(url, "redis", 5) == 0)
         u->is_unix = 0;
     else if (sn == 4 && strncasecmp(url, "unix", 4) == 0)
