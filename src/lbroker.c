@@ -78,19 +78,17 @@ static const char *const SCRIPTS[SCRIPT_COUNT] = {
     /* dedupe enqueue. KEYS: <q>.msgs, <q>.DQ.msgs, target list, target hash.
      * ARGV: redis id, payload. Returns {1, list length} when the message was written,
      * {0, stored payload} when a message with this id is still waiting or held.
-     * Types are checked first so a misused key never leaves half a message behind. */
-    "for i = 1, 4 do\n"
-    "  local t = redis.call('TYPE', KEYS[i]).ok\n"
-    "  local want = (i == 3) and 'list' or 'hash'\n"
-    "  if t ~= want and t ~= 'none' then\n"
-    "    return redis.error_reply('WRONGTYPE ' .. KEYS[i] .. ' holds a ' .. t .. ', not a ' .. want)\n"
-    "  end\n"
-    "end\n"
-    "local old = redis.call('HGET', KEYS[1], ARGV[1])\n"
-    "if not old then old = redis.call('HGET', KEYS[2], ARGV[1]) end\n"
+     * A key of the wrong type fails the HGETs or the HSET before anything is written; a
+     * failed RPUSH undoes the HSET (a script runs alone, so nobody sees the payload). */
+    "local old = redis.call('HGET', KEYS[1], ARGV[1]) or redis.call('HGET', KEYS[2], ARGV[1])\n"
     "if old then return {0, old} end\n"
     "redis.call('HSET', KEYS[4], ARGV[1], ARGV[2])\n"
-    "return {1, redis.call('RPUSH', KEYS[3], ARGV[1])}\n",
+    "local n = redis.pcall('RPUSH', KEYS[3], ARGV[1])\n"
+    "if type(n) == 'table' and n.err then\n"
+    "  redis.call('HDEL', KEYS[4], ARGV[1])\n"
+    "  return n\n"
+    "end\n"
+    "return {1, n}\n",
 
     /* fetch. KEYS: list, hash, acks set, heartbeats. ARGV: n, now ms, consumer id.
      * Returns {id1, payload1, id2, payload2, ...} (a payload may be nil). */
@@ -1350,7 +1348,12 @@ static int broker_enqueue_many(lua_State *L)
                        luaL_typename(L, item));
         lmod_check_options(L, item, ITEM_KEYS, what);
         lua_getfield(L, item, "queue");
-        it->queue = check_queue(L, b, lua_gettop(L), &it->queue_len, 0, what);
+        if (i > 0 && lua_type(L, -1) == LUA_TSTRING && lua_tostring(L, -1) == items[i - 1].queue) {
+            it->queue = items[i - 1].queue;   /* the same interned string: already checked */
+            it->queue_len = items[i - 1].queue_len;
+        } else {
+            it->queue = check_queue(L, b, lua_gettop(L), &it->queue_len, 0, what);
+        }
         lua_getfield(L, item, "actor");
         const char *actor;
         size_t alen;
@@ -1608,31 +1611,45 @@ static int broker_enqueue_many(lua_State *L)
         }
     }
 
-    /* 5. Results, in the order of the items. */
+    /* 5. Results, in the order of the items. The field names and status words are
+     * pushed once and reused (stack: ... keys[4] statuses[5] results). */
+    lua_settop(L, 2);
+    static const char *const fields[4] = {"status", "error", "redis_message_id", "message_id"};
+    for (int k = 0; k < 4; k++)
+        lua_pushstring(L, fields[k]);
+    for (int k = 0; k < 5; k++)
+        lua_pushstring(L, ITEM_STATUS[k]);
+    enum { F_STATUS = 3, F_ERROR, F_RID, F_MID, S_FIRST };
     lua_createtable(L, (int)n, 0);
+    int results = lua_gettop(L);
     lua_Integer enqueued = 0;
     for (size_t i = 0; i < n; i++) {
         batch_item *it = &items[i];
         lua_createtable(L, 0, 3);
-        lua_pushstring(L, ITEM_STATUS[it->state]);
-        lua_setfield(L, -2, "status");
+        lua_pushvalue(L, F_STATUS);
+        lua_pushvalue(L, S_FIRST + it->state);
+        lua_rawset(L, -3);
         if (it->state == ITEM_INVALID || it->state == ITEM_FAILED) {
+            lua_pushvalue(L, F_ERROR);
             lua_pushstring(L, s->text.data + it->err_off);
-            lua_setfield(L, -2, "error");
+            lua_rawset(L, -3);
         }
         if (it->state != ITEM_INVALID) {
+            lua_pushvalue(L, F_RID);
             lua_pushlstring(L, it->p.rid, DQ_UUID_LEN);
-            lua_setfield(L, -2, "redis_message_id");
+            lua_rawset(L, -3);
         }
-        if (it->state == ITEM_ENQUEUED) {
-            lua_pushlstring(L, it->p.mid, DQ_UUID_LEN);
-            lua_setfield(L, -2, "message_id");
+        const char *mid = it->state == ITEM_ENQUEUED ? it->p.mid
+                        : (it->state == ITEM_DUPLICATE && it->dup_mid[0]) ? it->dup_mid
+                                                                          : NULL;
+        if (mid) {
+            lua_pushvalue(L, F_MID);
+            lua_pushlstring(L, mid, DQ_UUID_LEN);
+            lua_rawset(L, -3);
+        }
+        if (it->state == ITEM_ENQUEUED)
             enqueued++;
-        } else if (it->state == ITEM_DUPLICATE && it->dup_mid[0]) {
-            lua_pushlstring(L, it->dup_mid, DQ_UUID_LEN);
-            lua_setfield(L, -2, "message_id");
-        }
-        lua_rawseti(L, -2, (int)i + 1);
+        lua_rawseti(L, results, (int)i + 1);
     }
     lua_pushinteger(L, enqueued);
     return 2;
