@@ -234,6 +234,50 @@ t.case("a flushed script cache is reloaded (NOSCRIPT)", function()
   b:close()
 end)
 
+t.case("a peer that is not Redis: protocol errors, no crash", function()
+  if not sys.exists("/usr/bin/python3") then
+    io.stderr:write("  (python3 not found: non-Redis peer case skipped)\n")
+    return
+  end
+  -- A listener that answers every request with a fixed reply: first a valid RESP
+  -- integer (a reply of the wrong type for PING), then text that is not RESP at all.
+  local function peer(reply)
+    local port = assert(sys.free_port())
+    local ready = dir .. "/peer-" .. port
+    local pid = assert(sys.spawn({ "/usr/bin/python3", "-c", ([[
+import socket, sys
+s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(("127.0.0.1", %d)); s.listen(8); open(%q, "w").close()
+s.settimeout(20)
+while True:
+    c, _ = s.accept()
+    c.settimeout(2)
+    try:
+        while c.recv(65536):
+            c.sendall(%s)
+    except Exception:
+        pass
+    c.close()
+]]):format(port, ready, reply) }))
+    t.ok(t.wait_for(10, function() return sys.exists(ready) end), "peer listening")
+    return port, pid
+  end
+  local port, pid = peer([[b":7\r\n" * 16]])
+  local b, err, code = broker.connect(("redis://127.0.0.1:%d/0"):format(port), { timeout = 1 })
+  t.eq(b, nil)
+  t.eq(code, "protocol")
+  t.match(err, "unexpected reply to PING: an integer instead of a status")
+  sys.kill(pid, "KILL")
+  sys.wait(pid, 5)
+  port, pid = peer([[b"HTTP/1.0 400 Bad Request\r\n\r\n"]])
+  b, err, code = broker.connect(("redis://127.0.0.1:%d/0"):format(port), { timeout = 1 })
+  t.eq(b, nil)
+  t.eq(code, "protocol")
+  t.match(err, "protocol error")
+  sys.kill(pid, "KILL")
+  sys.wait(pid, 5)
+end)
+
 t.case("credentials never reach the log", function()
   local script = t.write(dir .. "/logging.lua", [[
 local broker = require "loreley.broker"
