@@ -20,13 +20,16 @@
  *   b:enqueue(queue|nil, actor, args[, {delay_ms=, dedupe=, kwargs=}])
  *       -> redis_message_id, message_id, "enqueued"|"duplicate"
  *   b:enqueue_many{ {queue=, actor=, args=, opts=}, ... } -> results, n_enqueued
- *   b:queue_length(queue|nil) -> n        b:stats(queue|nil) -> {queued, payloads, ...}
+ *       results[i] = {status = "enqueued"|"duplicate"|"invalid"|"failed",
+ *                     redis_message_id=, message_id=, error=}
+ *   b:queue_length(queue|nil) -> n
+ *   b:stats(queue|nil) -> {queued, messages, held, delayed, dead}
  *   b:is_waiting(queue|nil, job_key) -> bool, "queued"|"held"|"delayed"|nil
  *   b:fetch(queue|nil, n, consumer_id) -> { {redis_message_id, payload, message, error} }
  *   b:ack(queue|nil, redis_id, consumer_id) -> bool
  *   b:nack(queue|nil, redis_id, consumer_id) -> bool
  *   b:requeue(queue|nil, consumer_id[, ids]) -> n      b:heartbeat(consumer_id) -> true
- *   b:ping() -> seconds      b:info() -> table      b:close()
+ *   b:ping() -> seconds      b:info() -> table      b:close()      tostring(b)
  *   broker.build_message(fields) -> json | nil, msg
  *   broker.validate_message(json[, queue[, redis_id]]) -> info | nil, msg
  *   broker.parse_url(url) -> table | nil, msg     broker.dedupe_id(queue, key) -> uuid
@@ -427,7 +430,6 @@ static int connect_now(lua_State *L, broker *b)
         return -1;
     }
 
-    int steps = 0;
     if (b->url.has_password || b->url.has_username) {
         const char *argv[3] = {"AUTH", NULL, NULL};
         size_t lens[3] = {4, 0, 0};
@@ -440,7 +442,6 @@ static int connect_now(lua_State *L, broker *b)
         lens[argc] = strlen(argv[argc]);
         argc++;
         append_argv(L, b, argc, argv, lens);
-        steps++;
     }
     char dbtext[24];
     if (b->url.db != 0) {
@@ -448,25 +449,20 @@ static int connect_now(lua_State *L, broker *b)
         const char *argv[2] = {"SELECT", dbtext};
         size_t lens[2] = {6, strlen(dbtext)};
         append_argv(L, b, 2, argv, lens);
-        steps++;
     }
     {
         const char *argv[1] = {"PING"};
         size_t lens[1] = {4};
         append_argv(L, b, 1, argv, lens);
-        steps++;
     }
     for (int i = 0; i < SCRIPT_COUNT; i++) {
         const char *argv[3] = {"SCRIPT", "LOAD", SCRIPTS[i]};
         size_t lens[3] = {6, 4, strlen(SCRIPTS[i])};
         append_argv(L, b, 3, argv, lens);
-        steps++;
     }
 
-    int step = 0;
     if (b->url.has_password || b->url.has_username) {
         redisReply *r = read_reply(b, "AUTH");
-        step++;
         if (!r)
             return -1;
         if (r->type == REDIS_REPLY_ERROR) {
@@ -478,7 +474,6 @@ static int connect_now(lua_State *L, broker *b)
     }
     if (b->url.db != 0) {
         redisReply *r = read_reply(b, "SELECT");
-        step++;
         if (!r)
             return -1;
         if (expect_type(b, r, REDIS_REPLY_STATUS, "SELECT") != 0) {
@@ -488,7 +483,6 @@ static int connect_now(lua_State *L, broker *b)
     }
     {
         redisReply *r = read_reply(b, "PING");
-        step++;
         if (!r)
             return -1;
         if (r->type == REDIS_REPLY_ERROR && r->len >= 6 && strncmp(r->str, "NOAUTH", 6) == 0) {
@@ -502,7 +496,7 @@ static int connect_now(lua_State *L, broker *b)
             return -1;
         }
     }
-    for (int i = 0; i < SCRIPT_COUNT; i++, step++) {
+    for (int i = 0; i < SCRIPT_COUNT; i++) {
         redisReply *r = read_reply(b, "SCRIPT LOAD");
         if (!r)
             return -1;
@@ -517,7 +511,6 @@ static int connect_now(lua_State *L, broker *b)
         b->sha[i][40] = '\0';
     }
     free_reply(b);
-    (void)steps;
     return 0;
 }
 
@@ -1580,7 +1573,7 @@ static int broker_enqueue_many(lua_State *L)
         /* Undo half-written chunks: HDEL payloads whose RPUSH failed, LREM ids whose HSET
          * failed. */
         long undo_cmds = 0;
-        for (size_t i = 0; i < n; i++) {
+        for (size_t i = 0; i < n && b->ctx; i++) {
             batch_item *it = &items[i];
             if (it->undo == 0)
                 continue;
