@@ -874,6 +874,15 @@ static int encode_root(lua_State *L, scratch *s, int idx, int is_kwargs, dq_buf 
 
 /* ---- building one message ------------------------------------------------------------ */
 
+/* Pushes t[key] without metamethods: a string read this way stays anchored by t after
+ * it is popped, so its pointer may be kept for the rest of the call. */
+static void raw_field(lua_State *L, int idx, const char *key)
+{
+    idx = lmod_absindex(L, idx);
+    lua_pushstring(L, key);
+    lua_rawget(L, idx);
+}
+
 typedef struct enqueue_opts {
     int delayed;
     int64_t delay_ms;
@@ -894,7 +903,7 @@ static void read_enqueue_opts(lua_State *L, int idx, int args_idx, enqueue_opts 
     lmod_check_options(L, idx, ENQUEUE_KEYS, what);
     if (!lua_istable(L, idx))
         return;
-    lua_getfield(L, idx, "delay_ms");
+    raw_field(L, idx, "delay_ms");
     if (!lua_isnil(L, -1)) {
         double d = lua_type(L, -1) == LUA_TNUMBER ? lua_tonumber(L, -1) : -1;
         if (d != floor(d) || d < 0 || d > (double)MAX_DELAY_MS)
@@ -904,7 +913,7 @@ static void read_enqueue_opts(lua_State *L, int idx, int args_idx, enqueue_opts 
         o->delay_ms = (int64_t)d;
     }
     lua_pop(L, 1);
-    lua_getfield(L, idx, "dedupe");
+    raw_field(L, idx, "dedupe");
     if (lua_type(L, -1) == LUA_TBOOLEAN && lua_toboolean(L, -1)) {
         lua_pop(L, 1);
         lua_rawgeti(L, args_idx, 1);
@@ -922,7 +931,7 @@ static void read_enqueue_opts(lua_State *L, int idx, int args_idx, enqueue_opts 
             luaL_error(L, "%s: the dedupe key must be 1..%d bytes", what, JOB_KEY_MAX);
     }
     lua_pop(L, 1);
-    lua_getfield(L, idx, "kwargs");
+    raw_field(L, idx, "kwargs");
     if (!lua_isnil(L, -1)) {
         if (!lua_istable(L, -1))
             luaL_error(L, "%s: kwargs must be a table, got %s", what, luaL_typename(L, -1));
@@ -957,7 +966,7 @@ static int prepare_message(lua_State *L, scratch *s, const char *queue, size_t q
         return -1;
     }
     if (o->kwargs_idx) {
-        lua_getfield(L, o->kwargs_idx, "kwargs");
+        raw_field(L, o->kwargs_idx, "kwargs");
         int rc = encode_root(L, s, -1, 1, &s->kwargs, why, sizeof why);
         lua_pop(L, 1);
         if (rc != 0) {
@@ -1340,23 +1349,23 @@ static int broker_enqueue_many(lua_State *L)
             luaL_error(L, "%s must be a table {queue=, actor=, args=, opts=}, got %s", what,
                        luaL_typename(L, item));
         lmod_check_options(L, item, ITEM_KEYS, what);
-        lua_getfield(L, item, "queue");
+        raw_field(L, item, "queue");
         if (i > 0 && lua_type(L, -1) == LUA_TSTRING && lua_tostring(L, -1) == items[i - 1].queue) {
             it->queue = items[i - 1].queue;   /* the same interned string: already checked */
             it->queue_len = items[i - 1].queue_len;
         } else {
             it->queue = check_queue(L, b, lua_gettop(L), &it->queue_len, 0, what);
         }
-        lua_getfield(L, item, "actor");
+        raw_field(L, item, "actor");
         const char *actor;
         size_t alen;
         check_actor(L, lua_gettop(L), &actor, &alen, what);
-        lua_getfield(L, item, "args");
+        raw_field(L, item, "args");
         int args_idx = lua_gettop(L);
         if (!lua_istable(L, args_idx))
             luaL_error(L, "%s: args must be a table (an array), got %s", what,
                        luaL_typename(L, args_idx));
-        lua_getfield(L, item, "opts");
+        raw_field(L, item, "opts");
         enqueue_opts o;
         read_enqueue_opts(L, lua_gettop(L), args_idx, &o, what);
         if (random_left < 32) {
