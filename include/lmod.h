@@ -62,7 +62,9 @@ void lmod_install(lua_State *L);
  */
 int lmod_push_resource(lua_State *L, const char *path);
 
-/* Pushes nil and a formatted message; returns 2 (use as `return lmod_fail(L, ...)`). */
+/* Pushes nil and a formatted message; returns 2 (use as `return lmod_fail(L, ...)`).
+ * Like luaL_error, the format is lua_pushfstring's: only %s %d %f %p %c %% are
+ * understood (no %lld, %zu or %g: format those with snprintf first). */
 int lmod_fail(lua_State *L, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 
 /* Pushes nil, a formatted message and a code string; returns 3. */
