@@ -2,24 +2,30 @@
  * archive.c - MAP-Elites grid and CVT archives (see archive.h for the contract).
  *
  * Layout of one archive:
- *   records  dense array of elites, `stride` 64-bit words each: an elite_head (cell,
- *            arena offset, objective, threshold, timestamp) followed by D measures;
+ *   records  dense array of elites, `stride` 64-bit words each: a 64-byte elite_head
+ *            (cell, objective, threshold, timestamp, the commit hash when it fits in 22
+ *            bytes, flags, the offset of an arena entry) followed by D measures. A
+ *            Loreley elite (40-digit hash, solution = measures, no metadata) is one
+ *            record and nothing else, so reading or sampling it touches one place;
  *   cellmap  open addressing (linear probing) from cell to dense position; a slot is
  *            (32-bit hash tag << 32) | (position + 1), 0 = empty. A tag match is
  *            confirmed against the record, which an add reads anyway;
  *   blockmap open addressing from block = cell / 64 to a 64-bit occupancy bitmap, so a
  *            neighbour query reads one small, cache-resident table per run of cells;
- *   arena    the variable parts of every elite (below), 8-byte aligned entries.
+ *   arena    what does not fit the record (metadata, an explicit solution, a long
+ *            commit hash), as 8-byte aligned entries.
  *
- * Arena entry: [flags u8][stored hash length u8][hash bytes]
+ * Entry (in the arena, and per elite in a saved blob, where the hash is always present):
+ *              [flags u8][stored hash length u8][hash bytes]
  *              [if ENTRY_META: metadata length u32][metadata bytes]
  *              [if ENTRY_SOL_EXPLICIT: pad to 8, count u64, count doubles]
  *              padded to a multiple of 8.
  * A commit hash of lower-case hex digits of even length is stored packed (two digits
  * a byte): a 40-digit SHA-1 takes 20 bytes. A solution bit-identical to the measures
- * (what Loreley stores) is a flag, not a copy. An improved elite is rewritten in place
- * when its new entry fits, else appended; the arena is compacted when more than half
- * of it is garbage.
+ * (what Loreley stores) is a flag, not a copy. An improved elite's entry is rewritten in
+ * place when the new one fits, else appended; the arena is compacted when more than half
+ * of it is garbage. Tables of 4 MB and more get their own mappings with transparent huge
+ * pages, since random access over 100 MB otherwise misses the TLB almost every time.
  *
  * The implementation assumes a little-endian host (x86-64, aarch64): blobs are
  * little-endian and written with memcpy.
@@ -31,6 +37,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 
 #include "cvt.h"
 
@@ -50,13 +57,23 @@ _Static_assert(__BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__, "archive.c assumes lit
 #define ENTRY_SOL_MEASURES 0x04
 #define ENTRY_SOL_EXPLICIT 0x08
 
+#define REC_HASH_HEX 0x01       /* the hash is inline, hex-packed */
+#define REC_HASH_RAW 0x02       /* the hash is inline, as given */
+#define REC_SOL_MEASURES 0x04   /* the solution is the measures */
+#define INLINE_HASH 22
+
 typedef struct elite_head {
     uint64_t cell;
-    uint64_t offset;         /* of the arena entry */
     double objective;
     double threshold;
     double timestamp;
+    uint64_t extra;              /* 1 + offset of the elite's arena entry; 0 = none */
+    uint8_t flags;
+    uint8_t hash_len;            /* inline bytes */
+    uint8_t hash[INLINE_HASH];
 } elite_head;
+
+_Static_assert(sizeof(elite_head) == 64, "an elite head is one cache line");
 
 #define HEAD_WORDS (sizeof(elite_head) / sizeof(uint64_t))
 
@@ -119,6 +136,60 @@ static inline uint64_t mix64(uint64_t h)
     h *= 0xc4ceb9fe1a85ec53ULL;
     h ^= h >> 33;
     return h;
+}
+
+/* --- memory for the big tables ----------------------------------------------------------- */
+
+#define HUGE_THRESHOLD ((size_t)4 << 20)
+#define HUGE_PAGE ((size_t)2 << 20)
+
+static size_t round_huge(size_t n)
+{
+    return (n + HUGE_PAGE - 1) & ~(HUGE_PAGE - 1);
+}
+
+/* Zeroed memory of `bytes`; large requests get a 2 MB-aligned private mapping advised
+ * for transparent huge pages. Free with region_free(p, bytes) (the same size). */
+static void *region_alloc(size_t bytes)
+{
+    if (bytes < HUGE_THRESHOLD)
+        return calloc(1, bytes ? bytes : 1);
+    size_t body = round_huge(bytes), len = body + HUGE_PAGE;
+    unsigned char *p = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (p == MAP_FAILED)
+        return NULL;
+    uintptr_t start = ((uintptr_t)p + HUGE_PAGE - 1) & ~(uintptr_t)(HUGE_PAGE - 1);
+    size_t head = start - (uintptr_t)p;
+    if (head)
+        munmap(p, head);
+    if (len - head - body)
+        munmap((void *)(start + body), len - head - body);
+    madvise((void *)start, body, MADV_HUGEPAGE);   /* advice only: failure is harmless */
+    return (void *)start;
+}
+
+static void region_free(void *p, size_t bytes)
+{
+    if (!p)
+        return;
+    if (bytes < HUGE_THRESHOLD)
+        free(p);
+    else
+        munmap(p, round_huge(bytes));
+}
+
+/* Grows a region from old_bytes to new_bytes, keeping the first `used` bytes. */
+static void *region_grow(void *p, size_t old_bytes, size_t used, size_t new_bytes)
+{
+    if (new_bytes < HUGE_THRESHOLD && (p == NULL || old_bytes < HUGE_THRESHOLD))
+        return realloc(p, new_bytes);
+    void *q = region_alloc(new_bytes);
+    if (!q)
+        return NULL;
+    if (used)
+        memcpy(q, p, used);
+    region_free(p, old_bytes);
+    return q;
 }
 
 static inline elite_head *head_at(const archive_t *a, size_t pos)
@@ -187,13 +258,13 @@ static int cellmap_reserve(archive_t *a, size_t needed)
     size_t ncap = cap ? cap : 16;
     while (needed > ncap / 4 * 3)
         ncap *= 2;
-    uint64_t *slots = calloc(ncap, sizeof *slots);
+    uint64_t *slots = region_alloc(ncap * sizeof *slots);
     if (!slots)
         return -1;
     unsigned shift = 64 - log2_exact(ncap);
     for (size_t pos = 0; pos < a->count; pos++)
         cellmap_put(slots, ncap - 1, shift, head_at(a, pos)->cell, pos);
-    free(a->cellmap);
+    region_free(a->cellmap, cap * sizeof *slots);
     a->cellmap = slots;
     a->cellmap_mask = ncap - 1;
     a->cellmap_shift = shift;
@@ -217,7 +288,7 @@ static int blockmap_grow(archive_t *a)
 {
     size_t cap = a->blockmap ? a->blockmap_mask + 1 : 0;
     size_t ncap = cap ? cap * 2 : 16;
-    block_slot *slots = calloc(ncap, sizeof *slots);
+    block_slot *slots = region_alloc(ncap * sizeof *slots);
     if (!slots)
         return -1;
     unsigned shift = 64 - log2_exact(ncap);
@@ -229,7 +300,7 @@ static int blockmap_grow(archive_t *a)
             i = (i + 1) & (ncap - 1);
         slots[i] = a->blockmap[k];
     }
-    free(a->blockmap);
+    region_free(a->blockmap, cap * sizeof *slots);
     a->blockmap = slots;
     a->blockmap_mask = ncap - 1;
     a->blockmap_shift = shift;
@@ -267,23 +338,21 @@ static int blockmap_reserve(archive_t *a)
 
 /* --- arena ------------------------------------------------------------------------------ */
 
-static inline int hex_value(unsigned char c)
-{
-    if (c >= '0' && c <= '9')
-        return c - '0';
-    if (c >= 'a' && c <= 'f')
-        return c - 'a' + 10;
-    return -1;
-}
+/* 1 + the value of a lower-case hex digit, 0 for any other byte */
+static const unsigned char hex_digit[256] = {
+    ['0'] = 1,  ['1'] = 2,  ['2'] = 3,  ['3'] = 4,  ['4'] = 5,  ['5'] = 6,
+    ['6'] = 7,  ['7'] = 8,  ['8'] = 9,  ['9'] = 10, ['a'] = 11, ['b'] = 12,
+    ['c'] = 13, ['d'] = 14, ['e'] = 15, ['f'] = 16,
+};
 
 static int is_packable_hex(const char *s, size_t n)
 {
     if (n == 0 || n % 2 != 0)
         return 0;
+    unsigned char ok = 1;
     for (size_t i = 0; i < n; i++)
-        if (hex_value((unsigned char)s[i]) < 0)
-            return 0;
-    return 1;
+        ok &= hex_digit[(unsigned char)s[i]] != 0;
+    return ok;
 }
 
 static inline size_t align8(size_t n)
@@ -297,33 +366,74 @@ static int solution_is_measures(const archive_t *a, const archive_entry *e)
            memcmp(e->solution, e->measures, a->dim * sizeof(double)) == 0;
 }
 
-/* Size of the arena entry for e (validated). */
-static size_t entry_size(const archive_t *a, const archive_entry *e)
+/* How an entry is stored, decided once per entry. */
+typedef struct entry_plan {
+    int packable;        /* the hash is lower-case hex of even length */
+    int inline_hash;     /* the hash fits the record */
+    int sol_measures;    /* the solution is bit-identical to the measures */
+} entry_plan;
+
+static entry_plan plan_entry(const archive_t *a, const archive_entry *e)
+{
+    entry_plan p;
+    p.packable = is_packable_hex(e->commit_hash, e->commit_hash_len);
+    p.inline_hash = (p.packable ? e->commit_hash_len / 2 : e->commit_hash_len) <= INLINE_HASH;
+    p.sol_measures = solution_is_measures(a, e);
+    return p;
+}
+
+static void pack_hex(unsigned char *out, const char *hex, size_t packed)
+{
+    for (size_t i = 0; i < packed; i++)
+        out[i] = (unsigned char)((hex_digit[(unsigned char)hex[2 * i]] - 1) << 4 |
+                                 (hex_digit[(unsigned char)hex[2 * i + 1]] - 1));
+}
+
+/* the two hex digits of every byte, byte b at offset 2b */
+static const char hex_pairs[513] =
+    "000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f"
+    "202122232425262728292a2b2c2d2e2f303132333435363738393a3b3c3d3e3f"
+    "404142434445464748494a4b4c4d4e4f505152535455565758595a5b5c5d5e5f"
+    "606162636465666768696a6b6c6d6e6f707172737475767778797a7b7c7d7e7f"
+    "808182838485868788898a8b8c8d8e8f909192939495969798999a9b9c9d9e9f"
+    "a0a1a2a3a4a5a6a7a8a9aaabacadaeafb0b1b2b3b4b5b6b7b8b9babbbcbdbebf"
+    "c0c1c2c3c4c5c6c7c8c9cacbcccdcecfd0d1d2d3d4d5d6d7d8d9dadbdcdddedf"
+    "e0e1e2e3e4e5e6e7e8e9eaebecedeeeff0f1f2f3f4f5f6f7f8f9fafbfcfdfeff";
+
+static size_t unpack_hex(char *out, const unsigned char *packed, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        memcpy(out + 2 * i, hex_pairs + 2 * packed[i], 2);
+    return 2 * n;
+}
+
+/* Size of the entry for e (validated); with_hash: the entry carries the commit hash. */
+static size_t entry_size(const archive_entry *e, const entry_plan *plan, int with_hash)
 {
     size_t n = 2;
-    n += is_packable_hex(e->commit_hash, e->commit_hash_len) ? e->commit_hash_len / 2
-                                                              : e->commit_hash_len;
+    if (with_hash)
+        n += plan->packable ? e->commit_hash_len / 2 : e->commit_hash_len;
     if (e->metadata)
         n += 4 + e->metadata_len;
-    if (e->solution && !solution_is_measures(a, e))
+    if (e->solution && !plan->sol_measures)
         n = align8(n) + 8 + e->solution_len * sizeof(double);
     return align8(n);
 }
 
 /* Writes the entry for e at p (entry_size bytes, 8-aligned). */
-static void entry_write(const archive_t *a, unsigned char *p, const archive_entry *e)
+static void entry_write(unsigned char *p, const archive_entry *e, const entry_plan *plan,
+                        int with_hash)
 {
     size_t n = 2;
     unsigned char flags = 0;
-    if (is_packable_hex(e->commit_hash, e->commit_hash_len)) {
+    p[1] = 0;
+    if (with_hash && plan->packable) {
         flags |= ENTRY_HEX;
         size_t packed = e->commit_hash_len / 2;
-        for (size_t i = 0; i < packed; i++)
-            p[n + i] = (unsigned char)(hex_value((unsigned char)e->commit_hash[2 * i]) << 4 |
-                                       hex_value((unsigned char)e->commit_hash[2 * i + 1]));
+        pack_hex(p + n, e->commit_hash, packed);
         p[1] = (unsigned char)packed;
         n += packed;
-    } else {
+    } else if (with_hash) {
         memcpy(p + n, e->commit_hash, e->commit_hash_len);
         p[1] = (unsigned char)e->commit_hash_len;
         n += e->commit_hash_len;
@@ -336,7 +446,7 @@ static void entry_write(const archive_t *a, unsigned char *p, const archive_entr
         n += 4 + e->metadata_len;
     }
     if (e->solution) {
-        if (solution_is_measures(a, e)) {
+        if (plan->sol_measures) {
             flags |= ENTRY_SOL_MEASURES;
         } else {
             flags |= ENTRY_SOL_EXPLICIT;
@@ -394,6 +504,15 @@ static void entry_read(const unsigned char *p, entry_view *v)
     v->size = align8(n);
 }
 
+static size_t entry_size_at(const archive_t *a, const elite_head *h)
+{
+    if (!h->extra)
+        return 0;
+    entry_view v;
+    entry_read(a->arena + h->extra - 1, &v);
+    return v.size;
+}
+
 static int arena_reserve(archive_t *a, size_t extra)
 {
     if (a->arena_used + extra <= a->arena_capacity)
@@ -401,7 +520,7 @@ static int arena_reserve(archive_t *a, size_t extra)
     size_t cap = a->arena_capacity ? a->arena_capacity : 4096;
     while (cap < a->arena_used + extra)
         cap *= 2;
-    unsigned char *grown = realloc(a->arena, cap);
+    unsigned char *grown = region_grow(a->arena, a->arena_capacity, a->arena_used, cap);
     if (!grown)
         return -1;
     a->arena = grown;
@@ -416,19 +535,20 @@ static int arena_compact(archive_t *a)
     size_t cap = 4096;
     while (cap < live)
         cap *= 2;
-    unsigned char *fresh = malloc(cap);
+    unsigned char *fresh = region_alloc(cap);
     if (!fresh)
         return -1;
     size_t used = 0;
     for (size_t pos = 0; pos < a->count; pos++) {
         elite_head *h = head_at(a, pos);
-        entry_view v;
-        entry_read(a->arena + h->offset, &v);
-        memcpy(fresh + used, a->arena + h->offset, v.size);
-        h->offset = used;
-        used += v.size;
+        size_t size = entry_size_at(a, h);
+        if (!size)
+            continue;
+        memcpy(fresh + used, a->arena + h->extra - 1, size);
+        h->extra = used + 1;
+        used += size;
     }
-    free(a->arena);
+    region_free(a->arena, a->arena_capacity);
     a->arena = fresh;
     a->arena_capacity = cap;
     a->arena_used = used;
@@ -601,10 +721,10 @@ void archive_free(archive_t *a)
     free(a->strides);
     free(a->centroids);
     cvt_tree_free(a->tree);
-    free(a->records);
-    free(a->cellmap);
-    free(a->blockmap);
-    free(a->arena);
+    region_free(a->records, a->capacity * a->stride * sizeof(uint64_t));
+    region_free(a->cellmap, a->cellmap ? (a->cellmap_mask + 1) * sizeof *a->cellmap : 0);
+    region_free(a->blockmap, a->blockmap ? (a->blockmap_mask + 1) * sizeof *a->blockmap : 0);
+    region_free(a->arena, a->arena_capacity);
     free(a);
 }
 
@@ -727,29 +847,63 @@ static int check_entry(const archive_t *a, const archive_entry *e, archive_error
     return 0;
 }
 
-/* Stores e's variable part for the elite at pos (new or replacing its old entry). */
-static int store_entry(archive_t *a, size_t pos, const archive_entry *e, int replacing)
+/*
+ * Stores e's commit hash, solution kind and (when needed) arena entry for the elite at
+ * pos. replacing: the record holds a previous elite whose entry can be recycled. On
+ * failure (no memory) the record is unchanged.
+ */
+static int store_variable(archive_t *a, size_t pos, const archive_entry *e, int replacing)
 {
-    size_t size = entry_size(a, e);
-    elite_head *h = head_at(a, pos);
-    if (replacing) {
-        entry_view old;
-        entry_read(a->arena + h->offset, &old);
-        if (size <= old.size) {
-            entry_write(a, a->arena + h->offset, e);
-            a->arena_garbage += old.size - size;
-            return 0;
-        }
-        if (arena_reserve(a, size) != 0)
-            return -1;
-        h = head_at(a, pos);
-        a->arena_garbage += old.size;
-    } else if (arena_reserve(a, size) != 0) {
+    entry_plan plan = plan_entry(a, e);
+    int inline_hash = plan.inline_hash, sol_measures = plan.sol_measures;
+    int needs = !inline_hash || e->metadata || (e->solution && !sol_measures);
+    size_t size = needs ? entry_size(e, &plan, !inline_hash) : 0;
+    size_t old_size = replacing ? entry_size_at(a, head_at(a, pos)) : 0;
+    if (size > old_size && arena_reserve(a, size) != 0)
         return -1;
+    elite_head *h = head_at(a, pos);
+    if (!needs) {
+        a->arena_garbage += old_size;
+        h->extra = 0;
+    } else if (size <= old_size) {
+        entry_write(a->arena + h->extra - 1, e, &plan, !inline_hash);
+        a->arena_garbage += old_size - size;
+    } else {
+        a->arena_garbage += old_size;
+        entry_write(a->arena + a->arena_used, e, &plan, !inline_hash);
+        h->extra = a->arena_used + 1;
+        a->arena_used += size;
     }
-    entry_write(a, a->arena + a->arena_used, e);
-    h->offset = a->arena_used;
-    a->arena_used += size;
+    h->flags = sol_measures ? REC_SOL_MEASURES : 0;
+    h->hash_len = 0;
+    memset(h->hash, 0, sizeof h->hash);
+    if (inline_hash && plan.packable) {
+        h->flags |= REC_HASH_HEX;
+        h->hash_len = (uint8_t)(e->commit_hash_len / 2);
+        pack_hex(h->hash, e->commit_hash, h->hash_len);
+    } else if (inline_hash) {
+        h->flags |= REC_HASH_RAW;
+        h->hash_len = (uint8_t)e->commit_hash_len;
+        memcpy(h->hash, e->commit_hash, e->commit_hash_len);
+    }
+    return 0;
+}
+
+/* Grows the record array to hold at least n elites. */
+static int records_reserve(archive_t *a, size_t n)
+{
+    if (n <= a->capacity)
+        return 0;
+    size_t cap = a->capacity ? a->capacity : 64;
+    while (cap < n)
+        cap *= 2;
+    size_t word = sizeof(uint64_t);
+    uint64_t *grown = region_grow(a->records, a->capacity * a->stride * word,
+                                  a->count * a->stride * word, cap * a->stride * word);
+    if (!grown)
+        return -1;
+    a->records = grown;
+    a->capacity = cap;
     return 0;
 }
 
@@ -760,18 +914,11 @@ static size_t append_elite(archive_t *a, uint64_t cell, const archive_entry *e,
 {
     if (a->count >= ARCHIVE_MAX_ELITES)
         return SIZE_MAX;
-    if (a->count == a->capacity) {
-        size_t cap = a->capacity ? a->capacity * 2 : 64;
-        uint64_t *grown = realloc(a->records, cap * a->stride * sizeof *grown);
-        if (!grown)
-            return SIZE_MAX;
-        a->records = grown;
-        a->capacity = cap;
-    }
-    if (cellmap_reserve(a, a->count + 1) != 0 || blockmap_reserve(a) != 0)
+    if (records_reserve(a, a->count + 1) != 0 || cellmap_reserve(a, a->count + 1) != 0 ||
+        blockmap_reserve(a) != 0)
         return SIZE_MAX;
     size_t pos = a->count;
-    if (store_entry(a, pos, e, 0) != 0)
+    if (store_variable(a, pos, e, 0) != 0)
         return SIZE_MAX;
     elite_head *h = head_at(a, pos);
     h->cell = cell;
@@ -823,7 +970,7 @@ static int add_validated(archive_t *a, const archive_entry *e, uint64_t cell,
         note_insert(a, e->objective, 0.0);
         r->status = 2;
     } else {
-        if (store_entry(a, pos, e, 1) != 0)
+        if (store_variable(a, pos, e, 1) != 0)
             return fail(err, "out of memory");
         elite_head *h = head_at(a, pos);
         double previous = h->objective;
@@ -882,35 +1029,34 @@ static void fill_elite(const archive_t *a, size_t pos, archive_elite *out)
     out->threshold = h->threshold;
     out->timestamp = h->timestamp;
     out->measures = measures_at(a, pos);
-    entry_view v;
-    entry_read(a->arena + h->offset, &v);
-    if (v.flags & ENTRY_HEX) {
-        static const char digits[] = "0123456789abcdef";
-        for (size_t i = 0; i < v.hash_stored; i++) {
-            out->commit_hash[2 * i] = digits[v.hash[i] >> 4];
-            out->commit_hash[2 * i + 1] = digits[v.hash[i] & 15];
-        }
-        out->commit_hash_len = 2 * v.hash_stored;
+    out->metadata = NULL;
+    out->metadata_len = 0;
+    out->solution = NULL;
+    out->solution_len = 0;
+    entry_view v = {0};
+    if (h->extra) {
+        entry_read(a->arena + h->extra - 1, &v);
+        out->metadata = v.metadata;
+        out->metadata_len = v.metadata_len;
+        out->solution = v.solution;
+        out->solution_len = v.solution_len;
+    }
+    if (h->flags & REC_SOL_MEASURES) {
+        out->solution = out->measures;
+        out->solution_len = a->dim;
+    }
+    if (h->flags & REC_HASH_HEX) {
+        out->commit_hash_len = unpack_hex(out->commit_hash, h->hash, h->hash_len);
+    } else if (h->flags & REC_HASH_RAW) {
+        memcpy(out->commit_hash, h->hash, h->hash_len);
+        out->commit_hash_len = h->hash_len;
+    } else if (v.flags & ENTRY_HEX) {
+        out->commit_hash_len = unpack_hex(out->commit_hash, v.hash, v.hash_stored);
     } else {
         memcpy(out->commit_hash, v.hash, v.hash_stored);
         out->commit_hash_len = v.hash_stored;
     }
     out->commit_hash[out->commit_hash_len] = '\0';
-    out->metadata = v.metadata;
-    out->metadata_len = v.metadata_len;
-    switch (v.flags & ENTRY_SOL_MASK) {
-    case ENTRY_SOL_MEASURES:
-        out->solution = out->measures;
-        out->solution_len = a->dim;
-        break;
-    case ENTRY_SOL_EXPLICIT:
-        out->solution = v.solution;
-        out->solution_len = v.solution_len;
-        break;
-    default:
-        out->solution = NULL;
-        out->solution_len = 0;
-    }
 }
 
 int archive_get(const archive_t *a, uint64_t cell, archive_elite *out)
@@ -1300,7 +1446,8 @@ static int put(writer *w, const void *data, size_t n)
         w->p = grown;
         w->cap = cap;
     }
-    memcpy(w->p + w->len, data, n);
+    if (data)
+        memcpy(w->p + w->len, data, n);   /* NULL: reserve n bytes to be written */
     w->len += n;
     return 0;
 }
@@ -1317,7 +1464,7 @@ int archive_save(const archive_t *a, unsigned char **blob, size_t *len, archive_
     /* one allocation in the common case: the exact size is cheap to bound */
     size_t estimate = BLOB_HEADER + 16 * a->dim + 8 +
                       (a->centroids ? a->cells * a->dim * 8 : 0) +
-                      a->count * (8 * (4 + a->dim) + 4) + a->arena_used + 8;
+                      a->count * (8 * (4 + a->dim) + 4 + 24) + a->arena_used + 4096;
     w.p = malloc(estimate);
     if (!w.p)
         return fail(err, "out of memory");
@@ -1336,12 +1483,18 @@ int archive_save(const archive_t *a, unsigned char **blob, size_t *len, archive_
     else
         bad |= put_u64(&w, a->cells) | put(&w, a->centroids, a->cells * a->dim * 8);
     for (size_t pos = 0; pos < a->count && !bad; pos++) {
-        const elite_head *h = head_at(a, pos);
-        entry_view v;
-        entry_read(a->arena + h->offset, &v);
-        bad |= put_u64(&w, h->cell) | put_f64(&w, h->objective) | put_f64(&w, h->threshold) |
-               put_f64(&w, h->timestamp) | put(&w, measures_at(a, pos), a->dim * 8) |
-               put_u32(&w, (uint32_t)v.size) | put(&w, a->arena + h->offset, v.size);
+        archive_elite el;
+        fill_elite(a, pos, &el);
+        archive_entry e = {el.commit_hash, el.commit_hash_len, el.objective, el.measures,
+                           el.solution, el.solution_len, el.metadata, el.metadata_len,
+                           el.timestamp};
+        entry_plan plan = plan_entry(a, &e);
+        size_t size = entry_size(&e, &plan, 1);
+        bad |= put_u64(&w, el.cell) | put_f64(&w, el.objective) | put_f64(&w, el.threshold) |
+               put_f64(&w, el.timestamp) | put(&w, el.measures, a->dim * 8) |
+               put_u32(&w, (uint32_t)size) | put(&w, NULL, size);
+        if (!bad)
+            entry_write(w.p + w.len - size, &e, &plan, 1);
     }
     if (bad) {
         free(w.p);
@@ -1558,6 +1711,10 @@ int archive_load(const void *data, size_t len, archive_t **out, archive_error *e
     if (count > a->cells || count > (r.len - r.at) / min_elite) {
         fail(err, "archive blob claims %llu elites, more than it can hold",
              (unsigned long long)count);
+        goto out;
+    }
+    if (records_reserve(a, (size_t)count) != 0 || cellmap_reserve(a, (size_t)count) != 0) {
+        fail(err, "out of memory");
         goto out;
     }
     for (uint64_t i = 0; i < count; i++) {
