@@ -96,6 +96,10 @@ int archive_new_cvt(const archive_cvt_config *config, const archive_options *opt
 
 void archive_free(archive_t *archive);
 
+/* Makes room for n elites in total (the record array and the cell map), so the next
+ * n - size inserts do not grow them. Optional: the archive grows by itself. */
+int archive_reserve(archive_t *a, size_t n, archive_error *err);
+
 /* --- shape ---------------------------------------------------------------------------- */
 
 archive_kind archive_get_kind(const archive_t *a);

@@ -907,6 +907,20 @@ static int records_reserve(archive_t *a, size_t n)
     return 0;
 }
 
+int archive_reserve(archive_t *a, size_t n, archive_error *err)
+{
+    if (n > ARCHIVE_MAX_ELITES)
+        return fail(err, "cannot reserve %zu elites (at most %u)", n, ARCHIVE_MAX_ELITES);
+    if (records_reserve(a, n) != 0 || cellmap_reserve(a, n) != 0)
+        return fail(err, "out of memory");
+    /* at most one block per elite, and no more than the grid has */
+    uint64_t blocks = a->cells / 64 + 1 < n ? a->cells / 64 + 1 : n;
+    while (a->blockmap_mask / 4 * 3 < blocks)
+        if (blockmap_grow(a) != 0)
+            return fail(err, "out of memory");
+    return 0;
+}
+
 /* Appends a new elite record for cell (maps and arena included). Returns its position,
  * or SIZE_MAX when memory runs out (nothing changed then). */
 static size_t append_elite(archive_t *a, uint64_t cell, const archive_entry *e,
@@ -1713,10 +1727,8 @@ int archive_load(const void *data, size_t len, archive_t **out, archive_error *e
              (unsigned long long)count);
         goto out;
     }
-    if (records_reserve(a, (size_t)count) != 0 || cellmap_reserve(a, (size_t)count) != 0) {
-        fail(err, "out of memory");
+    if (archive_reserve(a, (size_t)count, err) != 0)
         goto out;
-    }
     for (uint64_t i = 0; i < count; i++) {
         uint64_t cell;
         uint32_t size;
