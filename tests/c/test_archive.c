@@ -289,6 +289,8 @@ static void run_sequence(const config *c, uint64_t seed, size_t steps)
     CHECK(archive_new_grid(c->dim, dims, r.lower, r.upper, &o, &a, &err) == 0);
     if (!a)
         return;
+    if (seed % 2)   /* reserving capacity up front changes nothing but speed */
+        CHECK(archive_reserve(a, steps, &err) == 0);
     char what[96];
     snprintf(what, sizeof what, "D=%zu C=%llu lr=%g tmin=%g", c->dim,
              (unsigned long long)c->cells_per_dim, c->lr, c->tmin);
@@ -556,6 +558,11 @@ static void test_options(void)
     CHECK(strstr(err.message, "63 bits") != NULL);
     uint64_t max63[3] = {3, 715827883, 4294967297ULL};   /* product > 2^63 - 1 */
     CHECK(archive_new_grid(3, max63, lo, hi, NULL, &a, &err) == -1);
+
+    CHECK(archive_new_grid(3, dims, lo, hi, NULL, &a, &err) == 0);
+    CHECK(archive_reserve(a, (size_t)ARCHIVE_MAX_ELITES + 1, &err) == -1);
+    CHECK(archive_reserve(a, 100000, &err) == 0 && archive_size(a) == 0);
+    archive_free(a);
 
     /* several archives side by side do not share state */
     archive_t *x, *y;
