@@ -404,7 +404,9 @@ static int archive_add_many_l(lua_State *L)
         int item = lua_gettop(L);
         if (!lua_istable(L, item))
             return luaL_error(L, "%sexpected a table, got %s", who, luaL_typename(L, item));
-        lmod_check_options(L, item, item_keys, who);
+        lua_pushfstring(L, "archive:add_many: item %d", (int)i + 1);
+        lmod_check_options(L, item, item_keys, lua_tostring(L, -1));
+        lua_pop(L, 1);
         /* strings read below stay anchored in the item, itself anchored in the list */
         lua_getfield(L, item, "commit_hash");
         if (lua_type(L, -1) != LUA_TSTRING)
