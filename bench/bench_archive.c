@@ -214,6 +214,41 @@ static void bench_occupancy(size_t n, rng_t *g, batch *b)
     archive_free(a);
 }
 
+/* Neighbours where the ball is far larger than the archive: 8 dimensions of 64 cells
+ * (2.8e14 cells), radius 3 (a ball of 7^8 = 5.8 million cells). */
+static void bench_sparse_neighbours(size_t n, rng_t *g)
+{
+    uint64_t dims[8] = {64, 64, 64, 64, 64, 64, 64, 64};
+    double lo[8] = {0}, hi[8] = {1, 1, 1, 1, 1, 1, 1, 1};
+    archive_t *a;
+    archive_error err;
+    archive_new_grid(8, dims, lo, hi, NULL, &a, &err);
+    while (archive_size(a) < n) {
+        double m[8];
+        for (int d = 0; d < 8; d++)   /* clustered, so some balls are not empty */
+            m[d] = 0.5 + 0.08 * rng_normal(g);
+        archive_entry e = {"0123456789abcdef0123456789abcdef01234567", 40, rng_double(g), m,
+                           m, 8, NULL, 0, 0.0};
+        archive_add_result r;
+        archive_add(a, &e, &r, &err);
+    }
+    enum { Q = 200 };
+    double t[Q];
+    archive_cell_list list = {0};
+    size_t found = 0;
+    for (int q = 0; q < Q; q++) {
+        uint64_t centre = archive_cell_at(a, rng_below(g, archive_size(a)));
+        double t0 = now_ns();
+        archive_neighbours(a, centre, 3, ARCHIVE_NEIGHBOURS_AUTO, &list, &err);
+        t[q] = now_ns() - t0;
+        found += list.count;
+    }
+    printf("neighbours r=3 on a 64^8 grid with %zu elites: %.1f us median (%zu found)\n", n,
+           median(t, Q) / 1000.0, found / Q);
+    archive_cell_list_free(&list);
+    archive_free(a);
+}
+
 static void bench_persistence(rng_t *g, batch *b)
 {
     double t0 = now_ns();
@@ -277,6 +312,8 @@ int main(int argc, char **argv)
     size_t sizes[] = {1000, 100000, 1000000};
     for (size_t i = 0; i < 3; i++)
         bench_occupancy(sizes[i], &g, b);
+    bench_sparse_neighbours(1000, &g);
+    bench_sparse_neighbours(100000, &g);
     bench_persistence(&g, b);
     free(b);
     fflush(stdout);

@@ -1272,12 +1272,25 @@ static int grid_neighbours(const archive_t *a, uint64_t cell, uint64_t radius,
         strategy = ball <= scan ? ARCHIVE_NEIGHBOURS_BALL : ARCHIVE_NEIGHBOURS_SCAN;
     }
     if (strategy == ARCHIVE_NEIGHBOURS_SCAN) {
+        /* grids of power-of-two sides (Loreley's) decode a cell with shifts and masks */
+        int pow2 = 1;
+        unsigned shift[ARCHIVE_MAX_GRID_DIMENSIONS];
+        for (size_t d = 0; d < dim; d++) {
+            pow2 &= (a->grid_dims[d] & (a->grid_dims[d] - 1)) == 0;
+            shift[d] = (unsigned)__builtin_ctzll(a->grid_dims[d]);
+        }
         for (size_t pos = 0; pos < a->count; pos++) {
             uint64_t c = head_at(a, pos)->cell, rest = c;
             int inside = c != cell;
             for (size_t d = dim; inside && d-- > 0;) {
-                uint64_t g = rest % a->grid_dims[d];
-                rest /= a->grid_dims[d];
+                uint64_t g;
+                if (pow2) {
+                    g = rest & (a->grid_dims[d] - 1);
+                    rest >>= shift[d];
+                } else {
+                    g = rest % a->grid_dims[d];
+                    rest /= a->grid_dims[d];
+                }
                 inside = g >= lo[d] && g <= hi[d];
             }
             if (inside && list_push(out, c) != 0)
