@@ -128,6 +128,8 @@ static int fail(archive_error *err, const char *fmt, ...)
     return -1;
 }
 
+/* A 64-bit finaliser (MurmurHash3's fmix64): a bijection, so distinct cells never
+ * collide in the full hash; the top bits pick the home slot, the low 32 are the tag. */
 static inline uint64_t mix64(uint64_t h)
 {
     h ^= h >> 33;
@@ -231,6 +233,7 @@ static inline size_t cellmap_find(const archive_t *a, uint64_t cell)
     }
 }
 
+/* Inserts cell -> pos into a table known to have room and not to hold cell. */
 static inline void cellmap_put(uint64_t *slots, size_t mask, unsigned shift, uint64_t cell,
                                size_t pos)
 {
@@ -241,6 +244,7 @@ static inline void cellmap_put(uint64_t *slots, size_t mask, unsigned shift, uin
     slots[i] = (h & 0xffffffffu) << 32 | (uint64_t)(pos + 1);
 }
 
+/* The smallest b with 2^b >= n. */
 static unsigned log2_exact(size_t n)
 {
     unsigned b = 0;
@@ -271,6 +275,7 @@ static int cellmap_reserve(archive_t *a, size_t needed)
     return 0;
 }
 
+/* The occupancy bitmap of block (cells 64*block .. 64*block + 63); 0 when none. */
 static inline uint64_t blockmap_get(const archive_t *a, uint64_t block)
 {
     size_t i = (size_t)(mix64(block) >> a->blockmap_shift);
@@ -284,6 +289,7 @@ static inline uint64_t blockmap_get(const archive_t *a, uint64_t block)
     }
 }
 
+/* Doubles the block map (or creates it with 16 slots) and re-inserts every block. */
 static int blockmap_grow(archive_t *a)
 {
     size_t cap = a->blockmap ? a->blockmap_mask + 1 : 0;
@@ -328,6 +334,7 @@ static void blockmap_set(archive_t *a, uint64_t cell)
     }
 }
 
+/* Makes room for one more block (load factor <= 3/4). */
 static int blockmap_reserve(archive_t *a)
 {
     size_t cap = a->blockmap ? a->blockmap_mask + 1 : 0;
@@ -345,6 +352,7 @@ static const unsigned char hex_digit[256] = {
     ['c'] = 13, ['d'] = 14, ['e'] = 15, ['f'] = 16,
 };
 
+/* Lower-case hex of even length: stored as n/2 bytes and unpacked exactly. */
 static int is_packable_hex(const char *s, size_t n)
 {
     if (n == 0 || n % 2 != 0)
@@ -360,6 +368,7 @@ static inline size_t align8(size_t n)
     return (n + 7) & ~(size_t)7;
 }
 
+/* Bit-identical, so the flag restores the exact doubles (signed zeros included). */
 static int solution_is_measures(const archive_t *a, const archive_entry *e)
 {
     return e->solution && e->solution_len == a->dim &&
@@ -504,6 +513,7 @@ static void entry_read(const unsigned char *p, entry_view *v)
     v->size = align8(n);
 }
 
+/* Size of the arena entry of the elite h, 0 when it has none. */
 static size_t entry_size_at(const archive_t *a, const elite_head *h)
 {
     if (!h->extra)
@@ -513,6 +523,7 @@ static size_t entry_size_at(const archive_t *a, const elite_head *h)
     return v.size;
 }
 
+/* Makes room for `extra` more bytes at the end of the arena (doubling). */
 static int arena_reserve(archive_t *a, size_t extra)
 {
     if (a->arena_used + extra <= a->arena_capacity)
@@ -558,6 +569,7 @@ static int arena_compact(archive_t *a)
 
 /* --- construction ------------------------------------------------------------------------ */
 
+/* The options pyribs accepts, plus finiteness of epsilon and the offset. */
 static int check_options(const archive_options *o, archive_error *err)
 {
     if (!(o->learning_rate > 0.0 && o->learning_rate <= 1.0))
@@ -576,6 +588,7 @@ static int check_options(const archive_options *o, archive_error *err)
     return 0;
 }
 
+/* Finite bounds, lower < upper, and a finite span (the index divides by it). */
 static int check_bounds(size_t dim, const double *lower, const double *upper,
                         archive_error *err)
 {
@@ -592,6 +605,7 @@ static int check_bounds(size_t dim, const double *lower, const double *upper,
     return 0;
 }
 
+/* The parts both kinds share: bounds, options, empty maps. NULL when out of memory. */
 static archive_t *alloc_archive(archive_kind kind, size_t dim, const double *lower,
                                 const double *upper, const archive_options *options)
 {
@@ -769,6 +783,7 @@ static inline uint64_t cell_of(const archive_t *a, const double *m)
     return cvt_tree_nearest(a->tree, m);
 }
 
+/* Every measure finite (pyribs raises ValueError otherwise); `where` prefixes the message. */
 static int check_measures(const archive_t *a, const double *m, archive_error *err,
                           const char *where)
 {
@@ -819,6 +834,7 @@ int archive_grid_coordinates(const archive_t *a, uint64_t cell, uint64_t *coords
 
 /* --- adding ------------------------------------------------------------------------------- */
 
+/* Validates everything about an entry before anything changes. */
 static int check_entry(const archive_t *a, const archive_entry *e, archive_error *err,
                        const char *where)
 {
@@ -946,6 +962,8 @@ static size_t append_elite(archive_t *a, uint64_t cell, const archive_entry *e,
     return pos;
 }
 
+/* pyribs' running stats after an insert: the sum moves by (objective - previous, 0.0
+ * for a new cell), obj_max only ever rises. */
 static void note_insert(archive_t *a, double objective, double previous_objective)
 {
     a->objective_sum = a->objective_sum + (objective - previous_objective);
@@ -1035,6 +1053,7 @@ int archive_add_many(archive_t *a, const archive_entry *entries, size_t n,
 
 /* --- reading -------------------------------------------------------------------------------- */
 
+/* Fills the view of the elite at pos: record fields, then the arena entry if any. */
 static void fill_elite(const archive_t *a, size_t pos, archive_elite *out)
 {
     const elite_head *h = head_at(a, pos);
@@ -1114,6 +1133,8 @@ typedef struct swap_map {
     size_t mask;
 } swap_map;
 
+/* The value slot of key, inserted (found = 0) when absent. The map never fills: it has
+ * at least 4n slots for at most 2n keys. */
 static size_t *swap_slot(swap_map *m, uint64_t key, int *found)
 {
     size_t i = (size_t)mix64(key) & m->mask;
@@ -1195,6 +1216,7 @@ void archive_cell_list_free(archive_cell_list *list)
     list->count = list->capacity = 0;
 }
 
+/* Appends a cell, growing the list by doubling; -1 when out of memory. */
 static int list_push(archive_cell_list *l, uint64_t cell)
 {
     if (l->count == l->capacity) {
@@ -1215,6 +1237,7 @@ static int compare_u64(const void *x, const void *y)
     return a < b ? -1 : a > b;
 }
 
+/* a * b, saturating at UINT64_MAX (ball sizes of wide radii overflow). */
 static inline uint64_t sat_mul(uint64_t a, uint64_t b)
 {
     if (a != 0 && b > UINT64_MAX / a)
@@ -1246,6 +1269,13 @@ static int push_run(const archive_t *a, uint64_t first, uint64_t last, uint64_t 
     return 0;
 }
 
+/*
+ * The ball is the box [lo, hi] per dimension; walking it costs one block lookup per run
+ * of cells along the last dimension (per 64 cells of a run), scanning costs one decode
+ * per elite. AUTO takes the smaller estimate, so a full 32^4 grid walks ~343 runs and a
+ * sparse 64^8 grid scans its elites instead of 5.8 million cells. Both give the same
+ * list in increasing order.
+ */
 static int grid_neighbours(const archive_t *a, uint64_t cell, uint64_t radius,
                            archive_neighbour_strategy strategy, archive_cell_list *out,
                            archive_error *err)
@@ -1323,6 +1353,8 @@ static int grid_neighbours(const archive_t *a, uint64_t cell, uint64_t radius,
     return 0;
 }
 
+/* The occupied cells among the k centroids nearest to cell's centroid (the centre
+ * excluded by index, so a duplicate centroid still counts), nearest first. */
 static int cvt_neighbours(const archive_t *a, uint64_t cell, uint64_t k,
                           archive_cell_list *out, archive_error *err)
 {
@@ -1461,6 +1493,7 @@ typedef struct writer {
     size_t len, cap;
 } writer;
 
+/* Appends n bytes (or reserves them when data is NULL); -1 when out of memory. */
 static int put(writer *w, const void *data, size_t n)
 {
     if (w->len + n > w->cap) {
@@ -1544,6 +1577,7 @@ typedef struct reader {
     size_t len, at;
 } reader;
 
+/* Copies the next n bytes out, or fails (-1) without moving when fewer remain. */
 static int take(reader *r, void *out, size_t n)
 {
     if (n > r->len - r->at)
@@ -1636,6 +1670,14 @@ static int entry_parse(const unsigned char *p, size_t size, archive_entry *e, ch
     return 0;
 }
 
+/*
+ * Order of checks: length and magic and version (cheap, before anything else), the total
+ * length against the header, the checksum, then the configuration through the same
+ * validation as creation, a count of elites the remaining bytes can hold, and every
+ * elite through archive_restore (cell in range, cell = index of its measures, no
+ * duplicate, finite values). Only then the running stats. Every failure frees what was
+ * built and names the problem.
+ */
 int archive_load(const void *data, size_t len, archive_t **out, archive_error *err)
 {
     reader r = {data, len, 0};

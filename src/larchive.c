@@ -43,6 +43,7 @@ typedef struct archive_box {
     archive_t *archive;
 } archive_box;
 
+/* The archive of the userdata at idx; raises when it is not one or was closed. */
 static archive_t *check_archive(lua_State *L, int idx)
 {
     archive_box *box = luaL_checkudata(L, idx, ARCHIVE_TYPE);
@@ -65,6 +66,7 @@ static void *scratch(lua_State *L, size_t bytes)
     return lua_newuserdata(L, bytes ? bytes : 1);
 }
 
+/* nil, none, or cjson.null (a NULL light userdata): an absent optional field. */
 static int is_null(lua_State *L, int idx)
 {
     return lua_isnoneornil(L, idx) ||
@@ -91,6 +93,7 @@ static void read_numbers(lua_State *L, int idx, double *out, size_t n, const cha
     }
 }
 
+/* A cell argument: an integer-valued number in [0, cells); raises otherwise. */
 static uint64_t check_cell(lua_State *L, archive_t *a, int idx)
 {
     double c = luaL_checknumber(L, idx);
@@ -280,6 +283,7 @@ static void push_elite(lua_State *L, const archive_t *a, const archive_elite *e)
     lua_setfield(L, -2, "timestamp");
 }
 
+/* Pushes an array of cells (exact: cells are below 2^53 here). */
 static void push_cells(lua_State *L, const uint64_t *cells, size_t n)
 {
     lua_createtable(L, (int)n, 0);
@@ -321,6 +325,8 @@ static void read_solution(lua_State *L, int idx, archive_entry *e, const char *w
     e->solution_len = n;
 }
 
+/* An optional metadata string at idx; the pointer stays valid while the value is
+ * anchored (in an options table, an item, or on the stack). */
 static void read_metadata(lua_State *L, int idx, archive_entry *e, const char *who)
 {
     e->metadata = NULL;
@@ -333,6 +339,7 @@ static void read_metadata(lua_State *L, int idx, archive_entry *e, const char *w
     e->metadata = lua_tolstring(L, idx, &e->metadata_len);
 }
 
+/* An optional timestamp at idx; nil means now (wall clock). */
 static double read_timestamp(lua_State *L, int idx, const char *who)
 {
     if (lua_isnil(L, idx))
@@ -347,7 +354,10 @@ static int archive_add_l(lua_State *L)
 {
     archive_t *a = check_archive(L, 1);
     lmod_check_options(L, 5, add_keys, "archive:add");
-    lua_settop(L, 5);   /* 5: options or nil; scratch buffers go above */
+    /* stack: 1 archive, 2 hash, 3 objective, 4 measures, 5 options or nil; above them the
+     * measures buffer, then metadata, timestamp and solution (with its buffer), all kept
+     * until the add is done */
+    lua_settop(L, 5);
     archive_entry e;
     e.commit_hash = luaL_checklstring(L, 2, &e.commit_hash_len);
     e.objective = luaL_checknumber(L, 3);
@@ -449,6 +459,7 @@ static int archive_add_many_l(lua_State *L)
     return 3;
 }
 
+/* a:index_of(measures) -> cell */
 static int archive_index_of_l(lua_State *L)
 {
     archive_t *a = check_archive(L, 1);
@@ -463,6 +474,7 @@ static int archive_index_of_l(lua_State *L)
     return 1;
 }
 
+/* a:index_of_many{measures, ...} -> cells */
 static int archive_index_of_many_l(lua_State *L)
 {
     archive_t *a = check_archive(L, 1);
@@ -486,6 +498,7 @@ static int archive_index_of_many_l(lua_State *L)
 
 /* --- reading ------------------------------------------------------------------------------- */
 
+/* a:get(cell) -> elite | nil */
 static int archive_get_l(lua_State *L)
 {
     archive_t *a = check_archive(L, 1);
@@ -561,6 +574,7 @@ static int archive_sample_l(lua_State *L)
     return 1;
 }
 
+/* a:neighbours(cell, radius) -> cells (grid: Chebyshev ball; CVT: radius nearest) */
 static int archive_neighbours_l(lua_State *L)
 {
     archive_t *a = check_archive(L, 1);
@@ -588,6 +602,7 @@ static int archive_neighbours_l(lua_State *L)
     return 1;
 }
 
+/* a:stats() -> pyribs' stats; obj_max/obj_mean absent before the first insert */
 static int archive_stats_l(lua_State *L)
 {
     archive_t *a = check_archive(L, 1);
@@ -617,6 +632,7 @@ static int archive_stats_l(lua_State *L)
 
 /* --- persistence ---------------------------------------------------------------------------- */
 
+/* a:save() -> blob (the C buffer is freed before returning) */
 static int archive_save_l(lua_State *L)
 {
     archive_t *a = check_archive(L, 1);
@@ -635,6 +651,7 @@ static int archive_row_l(lua_State *L)
     return archive_get_l(L);
 }
 
+/* a:rows() -> every elite as a row, in dense order */
 static int archive_rows_l(lua_State *L)
 {
     archive_t *a = check_archive(L, 1);
