@@ -46,6 +46,13 @@ int repo_open(repo **out, const char *path, char *err);
 void repo_close(repo *r);
 
 git_repository *repo_git(const repo *r);
+
+/*
+ * Puts a careful reader of loose objects in front of libgit2's (repo_loose.c): libgit2
+ * 1.5 loops for ever on a truncated loose object; with this, damage is an error.
+ * repo_open does it; a separately opened handle (the fetch thread's) calls it too.
+ */
+int repo_guard_loose_objects(git_repository *git, char *err);
 /* The work tree root (bare: the git directory), absolute, without a trailing '/'. */
 const char *repo_root(const repo *r);
 

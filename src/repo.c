@@ -118,6 +118,11 @@ int repo_open(repo **out, const char *path, char *err)
         free(r);
         return fail_git(err, REPO_ERROR, "%s: cannot open the repository", path);
     }
+    rc = repo_guard_loose_objects(r->git, err);
+    if (rc != REPO_OK) {
+        repo_close(r);
+        return rc;
+    }
     const char *workdir = git_repository_workdir(r->git);
     const char *gitdir = git_repository_path(r->git);
     r->root = strip_slash_dup(workdir ? workdir : gitdir);
@@ -358,6 +363,75 @@ static repo_change_status status_of(git_delta_t d)
     }
 }
 
+/* Git's rule for binary content: a NUL byte in the first 8000 bytes. */
+#define REPO_BINARY_PROBE 8000
+
+static int is_binary(const char *buf, size_t len)
+{
+    return len && memchr(buf, '\0', len < REPO_BINARY_PROBE ? len : REPO_BINARY_PROBE);
+}
+
+/* One side of a typechange as git diffs it: the blob's content, or for a gitlink the
+ * line "Subproject commit <hex>". *blob is set when a blob was loaded (caller frees). */
+static int side_text(git_repository *git, const git_diff_file *f, git_blob **blob,
+                     char *line, size_t cap, const char **buf, size_t *len)
+{
+    *blob = NULL;
+    if (f->mode == GIT_FILEMODE_COMMIT) {
+        char hex[GIT_OID_HEXSZ + 1];
+        git_oid_tostr(hex, sizeof hex, &f->id);
+        *len = (size_t)snprintf(line, cap, "Subproject commit %s\n", hex);
+        *buf = line;
+        return 0;
+    }
+    if (git_blob_lookup(blob, git, &f->id) < 0)
+        return -1;
+    *buf = git_blob_rawcontent(*blob);
+    *len = (size_t)git_blob_rawsize(*blob);
+    return 0;
+}
+
+/*
+ * libgit2 reports no lines for a typechange (a file that became a symlink, say); git
+ * counts the lines of the two contents against each other. Fills c from that diff.
+ */
+static int count_typechange(git_repository *git, const git_diff_delta *d, repo_change *c)
+{
+    git_blob *old_blob = NULL, *new_blob = NULL;
+    git_patch *patch = NULL;
+    char old_line[80], new_line[80];
+    const char *old_buf, *new_buf;
+    size_t old_len, new_len;
+    int rc = -1;
+    if (side_text(git, &d->old_file, &old_blob, old_line, sizeof old_line, &old_buf,
+                  &old_len) < 0 ||
+        side_text(git, &d->new_file, &new_blob, new_line, sizeof new_line, &new_buf,
+                  &new_len) < 0)
+        goto out;
+    if (is_binary(old_buf, old_len) || is_binary(new_buf, new_len)) {
+        c->binary = 1;
+        rc = 0;
+        goto out;
+    }
+    git_diff_options opts;
+    git_diff_options_init(&opts, GIT_DIFF_OPTIONS_VERSION);
+    opts.context_lines = 0;
+    opts.interhunk_lines = 0;
+    size_t context, adds, dels;
+    if (git_patch_from_buffers(&patch, old_buf, old_len, d->old_file.path, new_buf, new_len,
+                               d->new_file.path, &opts) < 0 ||
+        git_patch_line_stats(&context, &adds, &dels, patch) < 0)
+        goto out;
+    c->insertions = adds;
+    c->deletions = dels;
+    rc = 0;
+out:
+    git_patch_free(patch);
+    git_blob_free(old_blob);
+    git_blob_free(new_blob);
+    return rc;
+}
+
 int repo_changed_files(repo *r, const git_oid *commit_id, repo_changes *out, char *err)
 {
     memset(out, 0, sizeof *out);
@@ -443,6 +517,12 @@ int repo_changed_files(repo *r, const git_oid *commit_id, repo_changes *out, cha
      * (numstat prints "-" for them). */
     for (size_t i = 0; i < n; i++) {
         const git_diff_delta *d = git_diff_get_delta(out->diff, i);
+        if (d->status == GIT_DELTA_TYPECHANGE &&
+            count_typechange(r->git, d, &out->items[i]) < 0) {
+            rc = fail_git(err, REPO_ERROR, "cannot count the lines of %s in commit %s",
+                          d->new_file.path, hex);
+            goto out;
+        }
         if (d->flags & GIT_DIFF_FLAG_BINARY)
             out->items[i].binary = 1;
         if (out->items[i].binary)
@@ -468,9 +548,6 @@ void repo_changes_free(repo_changes *c)
 }
 
 /* --- blobs ------------------------------------------------------------------------- */
-
-/* Git's rule for binary content: a NUL byte in the first 8000 bytes. */
-#define REPO_BINARY_PROBE 8000
 
 int repo_blob_size(repo *r, const char *treeish, const char *path, git_oid *blob,
                    size_t *size, int *path_missing, char *err)
@@ -552,7 +629,7 @@ int repo_read(repo *r, const char *treeish, const char *path, size_t max_bytes,
     }
     size_t len = (size_t)git_blob_rawsize(blob);
     const void *content = git_blob_rawcontent(blob);
-    if (len && memchr(content, '\0', len < REPO_BINARY_PROBE ? len : REPO_BINARY_PROBE)) {
+    if (is_binary(content, len)) {
         git_blob_free(blob);
         return fail(err, REPO_EBINARY, "%s at %s is binary", path, treeish);
     }

@@ -185,6 +185,10 @@ static void run_fetch(fetch_job *j)
         j->status = REPO_ERROR;
         goto out;
     }
+    if (repo_guard_loose_objects(git, j->err) != REPO_OK) {
+        j->status = REPO_ERROR;
+        goto out;
+    }
     if (git_remote_lookup(&remote, git, j->remote) < 0) {
         const git_error *e = git_error_last();
         set_err(j, j->err, "remote %s: %s", j->remote, e ? e->message : "unknown error");
