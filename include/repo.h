@@ -55,6 +55,8 @@ git_repository *repo_git(const repo *r);
 int repo_guard_loose_objects(git_repository *git, char *err);
 /* The work tree root (bare: the git directory), absolute, without a trailing '/'. */
 const char *repo_root(const repo *r);
+/* Whether the repository has no work tree (the handle itself is always opened bare). */
+int repo_is_bare(const repo *r);
 
 /* 1 when the commit is listed in <gitdir>/shallow (re-read when the file changes). */
 int repo_is_shallow_commit(repo *r, const git_oid *commit);

@@ -147,7 +147,7 @@ static int repo_l_path(lua_State *L)
 
 static int repo_l_is_bare(lua_State *L)
 {
-    lua_pushboolean(L, git_repository_is_bare(repo_git(check_repo(L))));
+    lua_pushboolean(L, repo_is_bare(check_repo(L)));
     return 1;
 }
 

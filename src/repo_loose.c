@@ -9,8 +9,9 @@
  * a good object is returned, a damaged one is an error that stops the lookup, and an
  * object that is not loose is passed on to the pack backends.
  *
- * libgit2 still verifies the hash of what this returns (strict hash verification).
- * Writes, streams and iteration stay with libgit2's backends.
+ * Commits, trees and tags are verified against their names here; libgit2's own
+ * verification is off (see repo_global_init). Writes, streams and iteration stay with
+ * libgit2's backends.
  */
 #include "repo.h"
 
@@ -254,6 +255,16 @@ static int inflate_object(loose_backend *b, const git_oid *id, const unsigned ch
         goto out;
     }
     body[size] = '\0';
+    /* Commits, trees and tags are hashed again (they are small); a blob's content is
+     * covered by zlib's adler32 (see repo_global_init). */
+    if (*type != GIT_OBJECT_BLOB) {
+        git_oid actual;
+        if (git_odb_hash(&actual, body, size, *type) < 0 || !git_oid_equal(&actual, id)) {
+            git_odb_backend_data_free(&b->parent, body);
+            rc = corrupt(id, "content does not match its name (hash mismatch)");
+            goto out;
+        }
+    }
     *data = body;
 out:
     inflateEnd(&zs);
