@@ -76,6 +76,29 @@ int repo_resolve_commit(repo *r, const char *rev, git_oid *out, char *err);
  */
 int repo_has_commit(repo *r, const char *hex, char *err);
 
+/* --- remotes ---------------------------------------------------------------------- */
+/*
+ * Remotes are read from the configuration directly, never through git_remote_lookup
+ * or git_remote_list: in libgit2 1.5 those match every configuration entry against a
+ * regular expression and leak about 20 KB of PCRE2 match data per entry that does not
+ * match (tens per call), which a scheduler fetching on every ingest cannot afford.
+ */
+typedef struct repo_remote {
+    char *name;
+    char *url;   /* NULL when the remote has no url */
+} repo_remote;
+
+/* The configured remotes in configuration order. Free with repo_remotes_free. */
+int repo_remotes(repo *r, repo_remote **out, size_t *count, char *err);
+void repo_remotes_free(repo_remote *list, size_t count);
+
+/* The URL of remote `name` as configured (malloc'd, caller frees); REPO_ENOTFOUND when
+ * there is no such remote or it has no url. */
+int repo_remote_url(git_repository *git, const char *name, char **url, char *err);
+
+/* The URL git would connect to: url.<base>.insteadOf rewriting applied (malloc'd). */
+char *repo_rewrite_url(git_repository *git, const char *url);
+
 /* --- changed files ------------------------------------------------------------------ */
 
 typedef enum repo_change_status {

@@ -104,6 +104,9 @@ static void release_changes(void *p)
 
 static void release_blob(void *p) { git_blob_free(p); }
 
+static void set_string(lua_State *L, const char *key, const char *value);
+static void set_number(lua_State *L, const char *key, double value);
+
 /* --- module functions ---------------------------------------------------------------- */
 
 static int git_open(lua_State *L)
@@ -157,53 +160,51 @@ static int repo_l_is_shallow(lua_State *L)
     return 1;
 }
 
+typedef struct remote_list {
+    repo_remote *items;
+    size_t count;
+} remote_list;
+
+static void release_remotes(void *p)
+{
+    remote_list *l = p;
+    repo_remotes_free(l->items, l->count);
+    free(l);
+}
+
 static int repo_l_remotes(lua_State *L)
 {
-    git_repository *git = repo_git(check_repo(L));
-    git_strarray names = {NULL, 0};
-    if (git_remote_list(&names, git) < 0) {
-        const git_error *e = git_error_last();
-        return lmod_fail(L, "cannot list remotes: %s", e ? e->message : "unknown error");
+    repo *r = check_repo(L);
+    remote_list *l = calloc(1, sizeof *l);
+    if (!l)
+        return luaL_error(L, "out of memory");
+    guard *g = push_guard(L, release_remotes, l);
+    char err[REPO_ERRLEN];
+    if (repo_remotes(r, &l->items, &l->count, err) != REPO_OK) {
+        guard_release(g);
+        return lmod_fail(L, "%s", err);
     }
-    lua_createtable(L, (int)names.count, 0);
-    int n = 0;
-    for (size_t i = 0; i < names.count; i++) {
-        git_remote *remote = NULL;
-        if (git_remote_lookup(&remote, git, names.strings[i]) < 0)
-            continue;
+    lua_createtable(L, (int)l->count, 0);
+    for (size_t i = 0; i < l->count; i++) {
         lua_createtable(L, 0, 2);
-        lua_pushstring(L, names.strings[i]);
-        lua_setfield(L, -2, "name");
-        if (git_remote_url(remote)) {
-            lua_pushstring(L, git_remote_url(remote));
-            lua_setfield(L, -2, "url");
-        }
-        git_remote_free(remote);
-        lua_rawseti(L, -2, ++n);
+        set_string(L, "name", l->items[i].name);
+        set_string(L, "url", l->items[i].url);
+        lua_rawseti(L, -2, (int)i + 1);
     }
-    git_strarray_dispose(&names);
+    guard_release(g);
     return 1;
 }
 
 static int repo_l_remote_url(lua_State *L)
 {
-    git_repository *git = repo_git(check_repo(L));
+    repo *r = check_repo(L);
     const char *name = luaL_checkstring(L, 2);
-    git_remote *remote = NULL;
-    int e = git_remote_lookup(&remote, git, name);
-    if (e == GIT_ENOTFOUND || e == GIT_EINVALIDSPEC)
-        return lmod_fail(L, "no remote named %s", name);
-    if (e < 0) {
-        const git_error *ge = git_error_last();
-        return lmod_fail(L, "remote %s: %s", name, ge ? ge->message : "unknown error");
-    }
-    if (git_remote_url(remote))
-        lua_pushstring(L, git_remote_url(remote));
-    else
-        lua_pushnil(L);
-    git_remote_free(remote);
-    if (lua_isnil(L, -1))
-        return lmod_fail(L, "remote %s has no URL", name);
+    char *url = NULL;
+    char err[REPO_ERRLEN];
+    if (repo_remote_url(repo_git(r), name, &url, err) != REPO_OK)
+        return lmod_fail(L, "%s", err);
+    lua_pushstring(L, url);
+    free(url);
     return 1;
 }
 

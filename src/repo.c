@@ -328,6 +328,153 @@ int repo_has_commit(repo *r, const char *hex, char *err)
     return rc;
 }
 
+/* --- remotes ----------------------------------------------------------------------- */
+
+/* "remote.<name>.url" -> the name (malloc'd), else NULL. Names may contain dots. */
+static char *remote_name_of_key(const char *key)
+{
+    size_t n = strlen(key);
+    if (n <= sizeof "remote." - 1 + sizeof ".url" - 1 || strncmp(key, "remote.", 7) != 0 ||
+        strcmp(key + n - 4, ".url") != 0)
+        return NULL;
+    return strndup(key + 7, n - 7 - 4);
+}
+
+void repo_remotes_free(repo_remote *list, size_t count)
+{
+    for (size_t i = 0; i < count; i++) {
+        free(list[i].name);
+        free(list[i].url);
+    }
+    free(list);
+}
+
+int repo_remotes(repo *r, repo_remote **out, size_t *count, char *err)
+{
+    *out = NULL;
+    *count = 0;
+    git_config *cfg = NULL;
+    git_config_iterator *it = NULL;
+    git_config_entry *entry;
+    repo_remote *list = NULL;
+    size_t n = 0, cap = 0;
+    int rc = REPO_OK, e;
+    if (git_repository_config_snapshot(&cfg, r->git) < 0 || git_config_iterator_new(&it, cfg) < 0) {
+        rc = fail_git(err, REPO_ERROR, "cannot read the configuration");
+        goto out;
+    }
+    while ((e = git_config_next(&entry, it)) == 0) {
+        char *name = remote_name_of_key(entry->name);
+        if (!name)
+            continue;
+        size_t i;
+        for (i = 0; i < n && strcmp(list[i].name, name) != 0; i++)
+            ;
+        if (i < n) {   /* a later url of the same remote: git uses the last one */
+            free(name);
+            free(list[i].url);
+            list[i].url = entry->value ? strdup(entry->value) : NULL;
+            continue;
+        }
+        if (n == cap) {
+            size_t ncap = cap ? cap * 2 : 4;
+            repo_remote *grown = realloc(list, ncap * sizeof *grown);
+            if (!grown) {
+                free(name);
+                rc = fail(err, REPO_ERROR, "out of memory");
+                goto out;
+            }
+            list = grown;
+            cap = ncap;
+        }
+        list[n].name = name;
+        list[n].url = entry->value ? strdup(entry->value) : NULL;
+        n++;
+    }
+    if (e != GIT_ITEROVER) {
+        rc = fail_git(err, REPO_ERROR, "cannot read the configuration");
+        goto out;
+    }
+    *out = list;
+    *count = n;
+    list = NULL;
+    n = 0;
+out:
+    repo_remotes_free(list, n);
+    git_config_iterator_free(it);
+    git_config_free(cfg);
+    return rc;
+}
+
+int repo_remote_url(git_repository *git, const char *name, char **url, char *err)
+{
+    *url = NULL;
+    git_config *cfg = NULL;
+    if (git_repository_config_snapshot(&cfg, git) < 0)
+        return fail_git(err, REPO_ERROR, "cannot read the configuration");
+    size_t keylen = strlen(name) + sizeof "remote..url";
+    char *key = malloc(keylen);
+    if (!key) {
+        git_config_free(cfg);
+        return fail(err, REPO_ERROR, "out of memory");
+    }
+    snprintf(key, keylen, "remote.%s.url", name);
+    const char *value = NULL;
+    int e = git_config_get_string(&value, cfg, key);
+    int rc = REPO_OK;
+    if (e == GIT_ENOTFOUND || e == GIT_EINVALIDSPEC)
+        rc = fail(err, REPO_ENOTFOUND, "no remote named %s", name);
+    else if (e < 0)
+        rc = fail_git(err, REPO_ERROR, "cannot read the URL of remote %s", name);
+    else if (!(*url = strdup(value)))
+        rc = fail(err, REPO_ERROR, "out of memory");
+    free(key);
+    git_config_free(cfg);
+    return rc;
+}
+
+char *repo_rewrite_url(git_repository *git, const char *url)
+{
+    git_config *cfg = NULL;
+    git_config_iterator *it = NULL;
+    git_config_entry *entry;
+    char *best_base = NULL;
+    size_t best_len = 0;
+    if (git_repository_config_snapshot(&cfg, git) == 0 && git_config_iterator_new(&it, cfg) == 0) {
+        /* The longest "url.<base>.insteadof" value that prefixes url wins, as in git. */
+        while (git_config_next(&entry, it) == 0) {
+            size_t n = strlen(entry->name);
+            const char *suffix = ".insteadof";
+            size_t sl = strlen(suffix);
+            if (n <= 4 + sl || strncmp(entry->name, "url.", 4) != 0 ||
+                strcmp(entry->name + n - sl, suffix) != 0 || !entry->value)
+                continue;
+            size_t vl = strlen(entry->value);
+            if (vl <= best_len || strncmp(url, entry->value, vl) != 0)
+                continue;
+            char *base = strndup(entry->name + 4, n - 4 - sl);
+            if (!base)
+                continue;
+            free(best_base);
+            best_base = base;
+            best_len = vl;
+        }
+    }
+    git_config_iterator_free(it);
+    git_config_free(cfg);
+    char *result;
+    if (best_base) {
+        size_t total = strlen(best_base) + strlen(url + best_len) + 1;
+        result = malloc(total);
+        if (result)
+            snprintf(result, total, "%s%s", best_base, url + best_len);
+        free(best_base);
+    } else {
+        result = strdup(url);
+    }
+    return result;
+}
+
 /* --- changed files ----------------------------------------------------------------- */
 
 const char *repo_change_status_name(repo_change_status s)

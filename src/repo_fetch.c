@@ -30,7 +30,8 @@ typedef struct fetch_job {
     int abandoned;            /* set by the caller under lock; read by the callbacks */
 
     char *gitdir;
-    char *remote;
+    char *remote;             /* its name, for messages */
+    char *url;                /* the URL to fetch from (insteadOf applied) */
     char **refspecs;
     size_t refspec_count;
     int tags;
@@ -52,6 +53,7 @@ static void job_free(fetch_job *j)
     free(j->refspecs);
     free(j->gitdir);
     free(j->remote);
+    free(j->url);
     free(j->username);
     free(j->ssh_key);
     free(j->ssh_public_key);
@@ -189,7 +191,12 @@ static void run_fetch(fetch_job *j)
         j->status = REPO_ERROR;
         goto out;
     }
-    if (git_remote_lookup(&remote, git, j->remote) < 0) {
+    /* An anonymous remote on the configured URL: see repo.h on git_remote_lookup. */
+    git_remote_create_options co;
+    git_remote_create_options_init(&co, GIT_REMOTE_CREATE_OPTIONS_VERSION);
+    co.repository = git;
+    co.flags = GIT_REMOTE_CREATE_SKIP_INSTEADOF | GIT_REMOTE_CREATE_SKIP_DEFAULT_FETCHSPEC;
+    if (git_remote_create_with_opts(&remote, j->url, &co) < 0) {
         const git_error *e = git_error_last();
         set_err(j, j->err, "remote %s: %s", j->remote, e ? e->message : "unknown error");
         j->status = REPO_ERROR;
@@ -277,38 +284,59 @@ static int add_refspec(fetch_job *j, size_t *cap, const char *spec)
     return 0;
 }
 
-/* Builds the refspec list: configured ones, job branches, a commit, extras. */
+typedef struct refspec_collect {
+    fetch_job *job;
+    size_t *cap;
+    int failed;
+} refspec_collect;
+
+static int collect_refspec(const git_config_entry *entry, void *payload)
+{
+    refspec_collect *c = payload;
+    if (entry->value && *entry->value && add_refspec(c->job, c->cap, entry->value) < 0) {
+        c->failed = 1;
+        return -1;
+    }
+    return 0;
+}
+
+/*
+ * Reads the remote's URL (rewritten by url.<base>.insteadOf) into the job and builds
+ * the refspec list: the configured ones, job branches, a commit, extras.
+ */
 static int build_refspecs(git_repository *git, const repo_fetch_options *o, fetch_job *j,
                           char *err)
 {
-    git_remote *remote = NULL;
-    int e = git_remote_lookup(&remote, git, o->remote);
-    if (e == GIT_ENOTFOUND || e == GIT_EINVALIDSPEC) {
-        snprintf(err, REPO_ERRLEN, "no remote named %s", o->remote);
-        return REPO_ENOTFOUND;
-    }
-    if (e < 0) {
-        const git_error *ge = git_error_last();
-        snprintf(err, REPO_ERRLEN, "remote %s: %s", o->remote, ge ? ge->message : "?");
-        repo_mask_url_secrets(err);
+    char *url = NULL;
+    int rc = repo_remote_url(git, o->remote, &url, err);
+    if (rc != REPO_OK)
+        return rc;
+    j->url = repo_rewrite_url(git, url);
+    free(url);
+    if (!j->url) {
+        snprintf(err, REPO_ERRLEN, "out of memory");
         return REPO_ERROR;
     }
-    int rc = REPO_OK;
     size_t cap = 0;
     char spec[1024];
     if (o->configured) {
-        git_strarray conf = {NULL, 0};
-        if (git_remote_get_fetch_refspecs(&conf, remote) < 0) {
-            snprintf(err, REPO_ERRLEN, "remote %s: cannot read its fetch refspecs", o->remote);
-            rc = REPO_ERROR;
-            goto out;
+        git_config *cfg = NULL;
+        char key[512];
+        int n = snprintf(key, sizeof key, "remote.%s.fetch", o->remote);
+        refspec_collect c = {j, &cap, 0};
+        int e = n < 0 || (size_t)n >= sizeof key ? -1 : git_repository_config_snapshot(&cfg, git);
+        if (e == 0) {
+            e = git_config_get_multivar_foreach(cfg, key, NULL, collect_refspec, &c);
+            if (e == GIT_ENOTFOUND)
+                e = 0;
         }
-        for (size_t i = 0; i < conf.count && rc == REPO_OK; i++)
-            if (add_refspec(j, &cap, conf.strings[i]) < 0)
-                rc = REPO_ERROR;
-        git_strarray_dispose(&conf);
+        git_config_free(cfg);
+        if (e < 0 || c.failed) {
+            snprintf(err, REPO_ERRLEN, "remote %s: cannot read its fetch refspecs", o->remote);
+            return REPO_ERROR;
+        }
     }
-    if (rc == REPO_OK && o->job_prefix) {
+    if (o->job_prefix) {
         int n = snprintf(spec, sizeof spec, "+refs/heads/%s/*:refs/remotes/%s/%s/*",
                          o->job_prefix, o->remote, o->job_prefix);
         if (n < 0 || (size_t)n >= sizeof spec || add_refspec(j, &cap, spec) < 0)
@@ -319,16 +347,16 @@ static int build_refspecs(git_repository *git, const repo_fetch_options *o, fetc
     for (size_t i = 0; rc == REPO_OK && i < o->refspec_count; i++)
         if (add_refspec(j, &cap, o->refspecs[i]) < 0)
             rc = REPO_ERROR;
-    if (rc != REPO_OK && !err[0])
+    if (rc != REPO_OK) {
         snprintf(err, REPO_ERRLEN, "out of memory (or a refspec too long)");
-    /* No refspec at all would make libgit2 use the configured ones: say it instead. */
-    if (rc == REPO_OK && j->refspec_count == 0 && !o->tags) {
-        snprintf(err, REPO_ERRLEN, "nothing to fetch from %s (no refspec, no tags)", o->remote);
-        rc = REPO_ERROR;
+        return rc;
     }
-out:
-    git_remote_free(remote);
-    return rc;
+    /* No refspec at all would make libgit2 fetch nothing but tags: say so instead. */
+    if (j->refspec_count == 0 && !o->tags) {
+        snprintf(err, REPO_ERRLEN, "nothing to fetch from %s (no refspec, no tags)", o->remote);
+        return REPO_ERROR;
+    }
+    return REPO_OK;
 }
 
 static struct timespec deadline_after(double seconds)

@@ -96,6 +96,22 @@ t.case("a custom job branch prefix (WORKER_REPO_JOB_BRANCH_PREFIX)", function()
   r:close()
 end)
 
+t.case("url.<base>.insteadOf rewriting and a remote name with dots", function()
+  local dir = clone("alias-clone", upstream)
+  g.git(dir, "config", "url." .. root .. "/.insteadOf", "alias:")
+  g.git(dir, "remote", "add", "my.mirror", "alias:upstream")
+  local r = assert(git.open(dir))
+  t.eq(r:remote_url("my.mirror"), "alias:upstream")     -- as configured
+  local names = {}
+  for _, rem in ipairs(r:remotes()) do names[#names + 1] = rem.name end
+  t.same(names, { "origin", "my.mirror" })
+  local job = push_job("evolution/job", "alias", { ["alias.txt"] = "a\n" })
+  local ok, err = r:fetch("my.mirror", { configured = false })
+  t.eq(ok, true, tostring(err))
+  t.eq(r:resolve("refs/remotes/my.mirror/evolution/job/alias"), job)
+  r:close()
+end)
+
 t.case("a commit on no branch, fetched by its id", function()
   local dir = clone("commit-clone", upstream)
   local r = assert(git.open(dir))
