@@ -1,6 +1,7 @@
 /*
  * lgit.c - the `loreley.git` module: the evolved repository through libgit2 (the
- * operations themselves live in repo.c and repo_fetch.c).
+ * operations themselves live in repo.c, repo_fetch.c and repo_loose.c; user
+ * documentation in docs/git.md).
  *
  * Errors: misuse (wrong argument types, unknown option keys, a closed repository)
  * raises; failures of the world (not a repository, missing commit, corrupted object,
@@ -23,8 +24,11 @@
  *   repo:size(treeish, path) -> bytes | nil, reason, message
  *       reason: "missing", "too large", "binary", "not a file", "revision not found",
  *               "error"
- *   repo:fetch(remote, opts) -> true, {objects, bytes, refs} | nil, msg
- *   repo:close()
+ *   repo:fetch(remote, opts) -> true, {objects, bytes, refs} | nil, msg, "timeout"|"error"
+ *       opts: prefix (string|false), tags, configured, commit, refspecs, timeout,
+ *             depth, credentials ({username, password, token, ssh_key,
+ *             ssh_public_key, ssh_passphrase} | false; missing fields: LORELEY_GIT_*)
+ *   repo:close()                     idempotent; also __gc
  */
 #include <stdlib.h>
 #include <string.h>
