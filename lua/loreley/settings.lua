@@ -173,6 +173,16 @@ local SPEC = {
 
   -- host-only settings (not Loreley's; LORELEY_ prefix) ---------------------------------
   { "LORELEY_SAMPLER_SEED", "loreley_sampler_seed", "int?", nil },
+  -- loreley.git fetch: timeout and credentials (docs/git.md); repo:fetch also reads
+  -- the LORELEY_GIT_* credential variables from the process environment itself
+  { "LORELEY_GIT_FETCH_TIMEOUT_SECONDS", "loreley_git_fetch_timeout_seconds", "float", 300.0,
+    min = 1, finite = true },
+  { "LORELEY_GIT_USERNAME", "loreley_git_username", "str?", nil },
+  { "LORELEY_GIT_PASSWORD", "loreley_git_password", "str?", nil, secret = true },
+  { "LORELEY_GIT_TOKEN", "loreley_git_token", "str?", nil, secret = true },
+  { "LORELEY_GIT_SSH_KEY", "loreley_git_ssh_key", "str?", nil, expand_home = true },
+  { "LORELEY_GIT_SSH_PUBLIC_KEY", "loreley_git_ssh_public_key", "str?", nil, expand_home = true },
+  { "LORELEY_GIT_SSH_PASSPHRASE", "loreley_git_ssh_passphrase", "str?", nil, secret = true },
 }
 
 M.SPEC = SPEC
