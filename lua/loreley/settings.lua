@@ -173,6 +173,7 @@ local SPEC = {
 
   -- host-only settings (not Loreley's; LORELEY_ prefix) ---------------------------------
   { "LORELEY_SAMPLER_SEED", "loreley_sampler_seed", "int?", nil },
+  { "LORELEY_AUTO_MIGRATE", "loreley_auto_migrate", "bool", true },
 }
 
 M.SPEC = SPEC
