@@ -332,7 +332,7 @@ static int parse_pg_time(const char *s, double *out)
         return -1;
     unsigned day = (unsigned)strtoul(end + 1, &end, 10);
     double seconds = 0;
-    if (*end == ' ' || *end == 'T') {
+    if ((*end == ' ' || *end == 'T') && end[1] >= '0' && end[1] <= '9') {
         unsigned hh = (unsigned)strtoul(end + 1, &end, 10);
         if (*end != ':')
             return -1;
