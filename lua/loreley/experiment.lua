@@ -11,6 +11,7 @@
 --   experiment.canonical_json(settings[, encoding]) -> the exact text that is hashed
 --   experiment.config_hash(settings[, encoding]) -> sha256 hex
 --   experiment.resolve_root(path) -> absolute path with symlinks resolved | nil, message
+--   experiment.leader_key(experiment_id) -> advisory-lock key of the experiment's leader
 -- Database (conn from loreley.db; both are safe when two schedulers start together):
 --   experiment.get_or_create_repository(conn, desc) -> repository row | nil, msg, sqlstate
 --   experiment.get_or_create_experiment(conn, repository, settings[, opts])
@@ -263,6 +264,13 @@ function M.resolve_root(path)
     return nil, ("cannot resolve %s: %s"):format(path, (r.stderr:gsub("%s+$", "")))
   end
   return (r.stdout:gsub("\n$", ""))
+end
+
+-- The advisory-lock key of the one scheduler that leads an experiment: the first 8 bytes
+-- of SHA-256(experiment id) as a signed big-endian int64 (Loreley's later scheduler lock).
+function M.leader_key(experiment_id)
+  assert(type(experiment_id) == "string", "leader_key: experiment_id must be a string")
+  return db.lock_key(experiment_id:lower())
 end
 
 -- --- config snapshot and hash (§2.3) -----------------------------------------------------

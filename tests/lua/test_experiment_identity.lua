@@ -181,6 +181,9 @@ t.case("snapshot helpers: Python float repr and ensure_ascii", function()
     [["a\"\\\n\u007f\u00e9\ud83d\ude00\u0001"]])
   t.eq(experiment.json_string_ascii("\255"), [["\udcff"]])
   t.raises(function() experiment.normalise_remote_url("x", "nope") end, "unknown variant")
+  -- leader key: SHA-256("6ba7b810-...")[:8] as a signed big-endian int64, computed with
+  -- Python: int.from_bytes(hashlib.sha256(b"6ba7b810-9dad-11d1-80b4-00c04fd430c8").digest()[:8], "big", signed=True)
+  t.eq(experiment.leader_key("6BA7B810-9dad-11d1-80b4-00c04fd430c8"), "-1908013363269876436")
   t.raises(function() experiment.config_hash({}, "nope") end, "unknown encoding")
 end)
 
