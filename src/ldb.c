@@ -1168,6 +1168,16 @@ static int result_gc(lua_State *L)
     return 0;
 }
 
+/* Frees the result held by the box at idx now rather than at the next collection. */
+static void result_gc_now(lua_State *L, int idx)
+{
+    result_box *box = lua_touserdata(L, idx);
+    if (box && box->r) {
+        PQclear(box->r);
+        box->r = NULL;
+    }
+}
+
 /* Pushes the rows of r as an array of {column = value} tables. */
 static void push_rows(lua_State *L, PGresult *r)
 {
@@ -1229,16 +1239,20 @@ static int run_statement(lua_State *L, conn *c, int first, PGresult **out)
         }
         int top = lua_gettop(L);
         buffer *b = buffer_new(L);
-        size_t offsets[nargs > 0 ? nargs : 1], lengths[nargs > 0 ? nargs : 1];
-        int is_null[nargs > 0 ? nargs : 1], formats[nargs > 0 ? nargs : 1];
+        /* Per-parameter scratch in one GC-owned block (no VLA: up to 65535 values). */
+        size_t count = nargs > 0 ? (size_t)nargs : 1;
+        char *block = lua_newuserdata(L, count * (2 * sizeof(size_t) + sizeof(char *) +
+                                                  3 * sizeof(int)));
+        size_t *offsets = (size_t *)block, *lengths = offsets + count;
+        const char **values = (const char **)(lengths + count);
+        int *is_null = (int *)(values + count), *formats = is_null + count,
+            *lens = formats + count;
         for (int i = 0; i < nargs; i++) {
             offsets[i] = b->len;
             is_null[i] = encode_param(L, b, first + i, st->types[i], &formats[i], i + 1);
             lengths[i] = b->len - offsets[i];
             buffer_addc(L, b, '\0');
         }
-        const char *values[nargs > 0 ? nargs : 1];
-        int lens[nargs > 0 ? nargs : 1];
         for (int i = 0; i < nargs; i++) {
             values[i] = is_null[i] ? NULL : b->data + offsets[i];
             lens[i] = (int)lengths[i];
@@ -1250,7 +1264,8 @@ static int run_statement(lua_State *L, conn *c, int first, PGresult **out)
         box->r = PQexecPrepared(c->pg, st->name, nargs, values, lens, formats, 0);
         ExecStatusType status = PQresultStatus(box->r);
         if (status == PGRES_TUPLES_OK || status == PGRES_COMMAND_OK) {
-            lua_remove(L, -2);   /* the parameter buffer */
+            lua_replace(L, top + 1);   /* the result box where the parameter buffer was */
+            lua_settop(L, top + 1);
             *out = box->r;
             return 0;
         }
@@ -1279,7 +1294,8 @@ static int conn_query(lua_State *L)
     int nret = run_statement(L, c, 3, &r);
     if (nret)
         return nret;
-    push_rows(L, r);
+    push_rows(L, r);                     /* stack: ... box rows */
+    result_gc_now(L, -2);
     return 1;
 }
 
@@ -1293,6 +1309,7 @@ static int conn_exec(lua_State *L)
         return nret;
     const char *n = PQcmdTuples(r);
     lua_pushnumber(L, *n ? strtod(n, NULL) : 0);
+    result_gc_now(L, -2);
     return 1;
 }
 
@@ -1643,36 +1660,40 @@ static int parse_url(lua_State *L, const char *url)
         lua_remove(L, -2);
         return -1;
     }
+    /* Credentials as SQLAlchemy's URL pattern reads them: the user name runs to the first
+     * ':', '/' or '@'; after a ':' the password runs to the first '@' (so a password may
+     * hold '/', '?', '#' or ':' unencoded, but not '@'). Without that '@' the ':' is the
+     * port separator and there are no credentials. */
     const char *p = sep + 3;
-    const char *end_authority = p + strcspn(p, "/?#");
-    const char *at = NULL;
-    for (const char *q = p; q < end_authority; q++)
-        if (*q == '@')
-            at = q;   /* the last '@' ends the credentials */
     int table = lua_gettop(L) + 1;
     lua_newtable(L);
     lua_newtable(L);
     lua_setfield(L, table, "params");
-    const char *hostpart = p;
+    const char *user_end = p + strcspn(p, ":/@");
+    const char *at = NULL;
+    if (*user_end == '@')
+        at = user_end;
+    else if (*user_end == ':')
+        at = strchr(user_end, '@');
     if (at) {
-        const char *colon = memchr(p, ':', (size_t)(at - p));
-        size_t user_len = colon ? (size_t)(colon - p) : (size_t)(at - p);
-        if (push_unquoted(L, p, user_len) != 0) {
+        if (push_unquoted(L, p, (size_t)(user_end - p)) != 0) {
             lua_settop(L, table - 1);
             lua_pushstring(L, "database URL: malformed %-escape in the user name");
             return -1;
         }
         lua_setfield(L, table, "user");
-        if (colon) {
-            if (push_unquoted(L, colon + 1, (size_t)(at - colon - 1)) != 0) {
+        if (*user_end == ':') {
+            if (push_unquoted(L, user_end + 1, (size_t)(at - user_end - 1)) != 0) {
                 lua_settop(L, table - 1);
                 lua_pushstring(L, "database URL: malformed %-escape in the password");
                 return -1;
             }
             lua_setfield(L, table, "password");
         }
-        hostpart = at + 1;
+        p = at + 1;
     }
+    const char *hostpart = p;
+    const char *end_authority = p + strcspn(p, "/?#");
     /* host[:port], host may be [ipv6] */
     const char *host_end = end_authority, *port = NULL;
     if (*hostpart == '[') {

@@ -68,6 +68,12 @@ t.case("URLs: schemes, DB_* settings, encoded credentials, no password in errors
   t.eq(p.dbname, "my db")
   t.eq(p.params.sslmode, "disable")
   t.eq(p.password, nil)
+  -- as SQLAlchemy reads it: an unencoded '/', '#', '?' or ':' may sit in the password
+  local raw = assert(db.parse_url("postgresql+psycopg://u:a/b#c?d:e@h:1/db"))
+  t.eq(raw.user, "u"); t.eq(raw.password, "a/b#c?d:e"); t.eq(raw.host, "h"); t.eq(raw.port, "1")
+  t.eq(raw.dbname, "db")
+  local nocred = assert(db.parse_url("postgres://h:5433/db"))
+  t.eq(nocred.user, nil); t.eq(nocred.host, "h"); t.eq(nocred.port, "5433")
   t.raises(function() db.connect(url, { connect_timout = 3 }) end, "unknown option 'connect_timout'")
 end)
 
@@ -196,6 +202,10 @@ t.case("exec, script, errors and misuse", function()
   t.raises(function() conn:query("SELECT 1", 2) end, "has 0 parameters")
   t.raises(function() conn:query("SELECT $1::text", print) end, "cannot send a function")
   t.raises(function() conn:query({}) end)
+  -- many parameters (the scratch space is not on the C stack)
+  local terms, values = {}, {}
+  for i = 1, 3000 do terms[i] = ("$%d::int"):format(i); values[i] = i end
+  t.eq(one("SELECT " .. table.concat(terms, " + ") .. " AS total", unpack(values)).total, 3000 * 3001 / 2)
   -- the cache: the same SQL prepares once
   local before = conn:info().statements
   for i = 1, 5 do one("SELECT $1::int * 2 AS v", i) end
