@@ -1906,8 +1906,9 @@ static int db_connect(lua_State *L)
         lua_insert(L, -2);
         return 2;
     }
-    int parsed = lua_gettop(L);
-    /* The box first, then the resources into it. */
+    int parsed = lua_gettop(L);          /* stack: url opts parsed */
+    /* The box first, then the resources into it: a raise below (out of memory) leaves a
+     * box whose __gc frees whatever was copied in. */
     conn *c = lua_newuserdata(L, sizeof *c);
     memset(c, 0, sizeof *c);
     luaL_getmetatable(L, CONN_TYPE);
@@ -2074,6 +2075,8 @@ static const luaL_Reg db_functions[] = {
 
 LMOD_OPEN(db)
 {
+    /* Metatables: the connection class, and two internal boxes that own C memory
+     * (parameter buffers, PGresults) so that a raise in the middle cannot leak it. */
     lmod_new_class(L, CONN_TYPE, conn_methods, conn_meta);
     lmod_new_class(L, BUF_TYPE, no_methods, buffer_meta);
     lmod_new_class(L, RESULT_TYPE, no_methods, result_meta);
@@ -2082,12 +2085,12 @@ LMOD_OPEN(db)
     /* A private lua-cjson instance decodes json/jsonb (its settings are ours alone). */
     lua_getglobal(L, "require");
     lua_pushstring(L, "cjson");
-    lua_call(L, 1, 1);
+    lua_call(L, 1, 1);                   /* stack: cjson */
     lua_getfield(L, -1, "new");
-    lua_call(L, 0, 1);
+    lua_call(L, 0, 1);                   /* stack: cjson instance */
     lua_pushlightuserdata(L, &json_decode_key);
-    lua_getfield(L, -2, "decode");
-    lua_rawset(L, LUA_REGISTRYINDEX);
+    lua_getfield(L, -2, "decode");       /* stack: cjson instance key decode */
+    lua_rawset(L, LUA_REGISTRYINDEX);    /* registry[key] = instance.decode */
     lua_pop(L, 2);
     lmod_new_module(L, db_functions);
     lua_pushlightuserdata(L, NULL);
