@@ -183,6 +183,8 @@ local SPEC = {
   { "LORELEY_GIT_SSH_KEY", "loreley_git_ssh_key", "str?", nil, expand_home = true },
   { "LORELEY_GIT_SSH_PUBLIC_KEY", "loreley_git_ssh_public_key", "str?", nil, expand_home = true },
   { "LORELEY_GIT_SSH_PASSPHRASE", "loreley_git_ssh_passphrase", "str?", nil, secret = true },
+  -- schema migrations on start-up (off: run loreley-host --init-db yourself)
+  { "LORELEY_AUTO_MIGRATE", "loreley_auto_migrate", "bool", true },
 }
 
 M.SPEC = SPEC
