@@ -20,6 +20,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/prctl.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -715,6 +716,10 @@ int host_main(const host_options *options)
     h.policy.tick_ref = h.policy.init_ref = h.policy.shutdown_ref = LUA_NOREF;
     h.ctx_ref = h.settings_ref = LUA_NOREF;
     host_install_signals();
+    /* Daemons started by the host (local servers) are reparented to it when their
+     * launcher exits, so their exits can be reaped (loreley.sys) even under a pid 1
+     * that never reaps, as in many containers. */
+    prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0);
     h.L = luaL_newstate();
     if (!h.L) {
         log_error("cannot create the Lua state (out of memory)");

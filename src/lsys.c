@@ -12,6 +12,7 @@
  *   sys.run(argv, opts) -> {code, signal, stdout, stderr, timed_out}
  *                                           opts: env, cwd, input, timeout
  *   sys.kill(pid, sig)  sys.alive(pid)      sys.wait(pid[, timeout]) -> {code, signal}
+ *   sys.reap() -> n: reaps exited children nobody waits for (daemons reparented to us)
  *
  * `env` is a table of overrides on the current environment: a string sets a variable,
  * false removes it.
@@ -36,6 +37,86 @@
 #include "lmod.h"
 
 extern char **environ;
+
+/* --- children ----------------------------------------------------------------------------
+ * The host is a child subreaper (host.c), so daemons started through it (pg_ctl's
+ * postmaster, redis-server --daemonize) become its children when their parent exits,
+ * and their zombies are ours to reap: otherwise a killed server lingers as a zombie that
+ * kill(pid, 0) still reports alive. Children the Lua side spawned and will wait for
+ * itself are tracked, and left alone. */
+
+#define MAX_TRACKED 256
+static pid_t tracked[MAX_TRACKED];
+static int tracked_count;
+
+static void track(pid_t pid)
+{
+    if (tracked_count < MAX_TRACKED)
+        tracked[tracked_count++] = pid;
+}
+
+static void untrack(pid_t pid)
+{
+    for (int i = 0; i < tracked_count; i++)
+        if (tracked[i] == pid) {
+            tracked[i] = tracked[--tracked_count];
+            return;
+        }
+}
+
+static int is_tracked(pid_t pid)
+{
+    for (int i = 0; i < tracked_count; i++)
+        if (tracked[i] == pid)
+            return 1;
+    return 0;
+}
+
+/* Reaps exited children that nobody waits for. Returns how many were reaped. */
+static int reap_orphans(void)
+{
+    int reaped = 0;
+    for (int guard = 0; guard < 1024; guard++) {
+        siginfo_t info;
+        memset(&info, 0, sizeof info);
+        if (waitid(P_ALL, 0, &info, WEXITED | WNOHANG | WNOWAIT) != 0 || info.si_pid == 0)
+            break;
+        if (is_tracked(info.si_pid)) {
+            /* A tracked child is first in line: reap the others by scanning /proc. */
+            char path[64], buf[512];
+            FILE *list = popen("ls /proc", "r");
+            if (!list)
+                break;
+            int pid;
+            while (fscanf(list, "%d", &pid) == 1) {
+                snprintf(path, sizeof path, "/proc/%d/stat", pid);
+                FILE *f = fopen(path, "r");
+                if (!f)
+                    continue;
+                size_t n = fread(buf, 1, sizeof buf - 1, f);
+                fclose(f);
+                buf[n] = '\0';
+                const char *p = strrchr(buf, ')');
+                int ppid;
+                char state;
+                if (p && sscanf(p + 1, " %c %d", &state, &ppid) == 2 && state == 'Z' &&
+                    ppid == getpid() && !is_tracked(pid) && waitpid(pid, NULL, WNOHANG) == pid)
+                    reaped++;
+            }
+            pclose(list);
+            break;
+        }
+        if (waitpid(info.si_pid, NULL, WNOHANG) == info.si_pid)
+            reaped++;
+    }
+    return reaped;
+}
+
+static int sys_reap(lua_State *L)
+{
+    lua_pushinteger(L, reap_orphans());
+    return 1;
+}
 
 static int sys_environ(lua_State *L)
 {
@@ -315,6 +396,7 @@ static int sys_spawn(lua_State *L)
     lua_settop(L, ud);
     if (pid < 0)
         return lmod_fail(L, "fork: %s", strerror(e));
+    track(pid);
     lua_pushinteger(L, pid);
     return 1;
 }
@@ -381,6 +463,8 @@ static int sys_run(lua_State *L)
         child_exec(a, cwd);
     }
     int fork_errno = errno;
+    if (pid > 0)
+        track(pid);
     close(pin[0]);
     close(pout[1]);
     close(perr[1]);
@@ -472,6 +556,7 @@ static int sys_run(lua_State *L)
     int status = 0;
     while (waitpid(pid, &status, 0) < 0 && errno == EINTR) {
     }
+    untrack(pid);
     push_wait_status(L, status);
     int result = lua_gettop(L);
     luaL_buffinit(L, &bout);
@@ -528,9 +613,11 @@ static int sys_kill(lua_State *L)
 static int sys_alive(lua_State *L)
 {
     pid_t pid = (pid_t)luaL_checkinteger(L, 1);
+    reap_orphans();
     /* Reap it if it is our exited child, so a zombie does not count as alive. */
     int status;
     if (waitpid(pid, &status, WNOHANG) == pid) {
+        untrack(pid);
         lua_pushboolean(L, 0);
         return 1;
     }
@@ -564,6 +651,7 @@ static int sys_wait(lua_State *L)
         int status;
         pid_t r = waitpid(pid, &status, deadline >= 0 ? WNOHANG : 0);
         if (r == pid) {
+            untrack(pid);
             push_wait_status(L, status);
             return 1;
         }
@@ -583,6 +671,7 @@ static const luaL_Reg sys_functions[] = {
     {"geteuid", sys_geteuid}, {"free_port", sys_free_port}, {"mkdtemp", sys_mkdtemp},
     {"exists", sys_exists},   {"spawn", sys_spawn},     {"run", sys_run},
     {"kill", sys_kill},       {"alive", sys_alive},     {"wait", sys_wait},
+    {"reap", sys_reap},
     {NULL, NULL},
 };
 

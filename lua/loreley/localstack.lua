@@ -165,11 +165,31 @@ function Postgres:pid()
   return text and tonumber(text:match("^(%d+)"))
 end
 
--- SIGKILL to the postmaster: the hardest way a database can go away.
+-- The pids whose parent is pid (from /proc).
+local function children_of(pid)
+  local out = {}
+  local listing = sys.run { "ls", "/proc" }
+  for entry in (listing and listing.stdout or ""):gmatch("%d+") do
+    local stat = read_file("/proc/" .. entry .. "/stat")
+    local ppid = stat and stat:match("%) %a (%d+)")
+    if ppid and tonumber(ppid) == pid then out[#out + 1] = tonumber(entry) end
+  end
+  return out
+end
+
+-- SIGKILL to the postmaster and its backends: the hardest way a database can go away.
+-- Waits until every process is gone, so start() can follow at once.
 function Postgres:kill()
   local pid = self:pid()
-  if pid then sys.kill(pid, "KILL") end
-  wait_until(10, function() return not (pid and sys.alive(pid)) end)
+  if pid then
+    local victims = children_of(pid)
+    table.insert(victims, 1, pid)
+    for _, p in ipairs(victims) do sys.kill(p, "KILL") end
+    wait_until(10, function()
+      for _, p in ipairs(victims) do if sys.alive(p) then return false end end
+      return true
+    end)
+  end
   self.running = false
   return true
 end
