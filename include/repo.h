@@ -157,6 +157,35 @@ int repo_blob_size(repo *r, const char *treeish, const char *path, git_oid *blob
 int repo_read(repo *r, const char *treeish, const char *path, size_t max_bytes,
               git_blob **out, size_t *size, int *path_missing, char *err);
 
+/* --- writing commits ----------------------------------------------------------------- */
+
+typedef struct repo_file_update {
+    const char *path;      /* path in the tree ("dir/file.py") */
+    const char *content;   /* new content; NULL removes the path */
+    size_t size;
+} repo_file_update;
+
+typedef struct repo_commit_spec {
+    const char *parent;    /* revision of the parent commit (its tree is the baseline) */
+    const repo_file_update *updates;
+    size_t update_count;
+    const char *message;
+    const char *author;    /* also the committer */
+    const char *email;
+    double time;           /* epoch seconds; <= 0: now */
+    const char *ref;       /* full ref name to point at the commit ("refs/heads/..."),
+                              or NULL to leave every ref alone */
+} repo_commit_spec;
+
+/*
+ * Writes a commit whose tree is the parent's tree with the updates applied (blobs,
+ * tree and commit go straight into the object database: no work tree, no index), and
+ * optionally points `ref` at it (created or moved). This is how the example worker
+ * "checks out the base, edits, commits on the job branch" without a checkout. On
+ * success *out is the new commit id.
+ */
+int repo_commit_files(repo *r, const repo_commit_spec *spec, git_oid *out, char *err);
+
 /* --- fetch ------------------------------------------------------------------------- */
 
 typedef struct repo_credentials {

@@ -28,6 +28,8 @@
  *       opts: prefix (string|false), tags, configured, commit, refspecs, timeout,
  *             depth, credentials ({username, password, token, ssh_key,
  *             ssh_public_key, ssh_passphrase} | false; missing fields: LORELEY_GIT_*)
+ *   repo:commit{parent, files = {[path] = content|false}, message, author, email,
+ *               time?, ref?} -> hash | nil, msg      (no work tree: straight to the odb)
  *   repo:close()                     idempotent; also __gc
  */
 #include <stdlib.h>
@@ -448,6 +450,73 @@ static int repo_l_size(lua_State *L)
     return 1;
 }
 
+/* --- writing commits ------------------------------------------------------------------ */
+
+static const char *const commit_keys[] = {"parent", "files", "message", "author", "email",
+                                          "time", "ref", NULL};
+
+/*
+ * repo:commit{parent=, files={[path]=content|false}, message=, author=, email=, time=?,
+ * ref=?} -> hash | nil, message. The parent's tree with the files replaced (false
+ * removes one), written straight to the object database; `ref` ("refs/heads/...") is
+ * created or moved to the new commit.
+ */
+static int repo_l_commit(lua_State *L)
+{
+    repo *r = check_repo(L);
+    luaL_checktype(L, 2, LUA_TTABLE);
+    lmod_check_options(L, 2, commit_keys, "repo:commit");
+    repo_commit_spec spec;
+    memset(&spec, 0, sizeof spec);
+    spec.parent = lmod_opt_string(L, 2, "parent", NULL);
+    spec.message = lmod_opt_string(L, 2, "message", NULL);
+    spec.author = lmod_opt_string(L, 2, "author", NULL);
+    spec.email = lmod_opt_string(L, 2, "email", NULL);
+    spec.ref = lmod_opt_string(L, 2, "ref", NULL);
+    spec.time = lmod_opt_number(L, 2, "time", 0);
+    if (!spec.parent || !spec.message || !spec.author || !spec.email)
+        return luaL_error(L, "repo:commit: parent, message, author and email are required");
+    if (spec.ref && strncmp(spec.ref, "refs/", 5) != 0)
+        return luaL_error(L, "repo:commit: ref must be a full name (refs/heads/...)");
+    lua_getfield(L, 2, "files");
+    int files = lua_gettop(L);
+    if (!lua_istable(L, files))
+        return luaL_error(L, "repo:commit: files must be a table {path = content|false}");
+    size_t n = 0;
+    lua_pushnil(L);
+    while (lua_next(L, files)) {
+        if (lua_type(L, -2) != LUA_TSTRING)
+            return luaL_error(L, "repo:commit: file paths must be strings");
+        if (!lua_isstring(L, -1) && !(lua_isboolean(L, -1) && !lua_toboolean(L, -1)))
+            return luaL_error(L, "repo:commit: files[%s] must be a string or false",
+                              lua_tostring(L, -2));
+        lua_pop(L, 1);
+        n++;
+    }
+    repo_file_update *updates = lua_newuserdata(L, (n ? n : 1) * sizeof *updates);
+    size_t i = 0;
+    lua_pushnil(L);
+    while (lua_next(L, files)) {
+        updates[i].path = lua_tostring(L, -2);   /* anchored in the files table */
+        if (lua_isstring(L, -1))
+            updates[i].content = lua_tolstring(L, -1, &updates[i].size);
+        else
+            updates[i].content = NULL;
+        i++;
+        lua_pop(L, 1);
+    }
+    spec.updates = updates;
+    spec.update_count = n;
+    git_oid id;
+    char err[REPO_ERRLEN];
+    if (repo_commit_files(r, &spec, &id, err) != REPO_OK)
+        return lmod_fail(L, "%s", err);
+    char hex[GIT_OID_HEXSZ + 1];
+    git_oid_tostr(hex, sizeof hex, &id);
+    lua_pushstring(L, hex);
+    return 1;
+}
+
 /* --- fetch --------------------------------------------------------------------------- */
 
 static const char *const fetch_keys[] = {"prefix", "tags", "commit", "depth", "timeout",
@@ -609,6 +678,7 @@ static const luaL_Reg repo_methods[] = {
     {"read", repo_l_read},
     {"size", repo_l_size},
     {"fetch", repo_l_fetch},
+    {"commit", repo_l_commit},
     {"close", repo_l_close},
     {NULL, NULL},
 };

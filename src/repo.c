@@ -816,3 +816,80 @@ int repo_read(repo *r, const char *treeish, const char *path, size_t max_bytes,
     *out = blob;
     return REPO_OK;
 }
+
+/* --- writing commits ----------------------------------------------------------------- */
+
+int repo_commit_files(repo *r, const repo_commit_spec *spec, git_oid *out, char *err)
+{
+    int rc = REPO_ERROR;
+    git_commit *parent = NULL;
+    git_tree *baseline = NULL, *tree = NULL;
+    git_signature *sig = NULL;
+    git_reference *ref = NULL;
+    git_tree_update *updates = NULL;
+    git_oid parent_id, tree_id;
+
+    rc = repo_resolve_commit(r, spec->parent, &parent_id, err);
+    if (rc != REPO_OK)
+        goto out;
+    rc = REPO_ERROR;
+    if (git_commit_lookup(&parent, r->git, &parent_id) != 0 ||
+        git_commit_tree(&baseline, parent) != 0) {
+        fail_git(err, REPO_ERROR, "cannot read the parent commit %s", spec->parent);
+        goto out;
+    }
+    updates = calloc(spec->update_count ? spec->update_count : 1, sizeof *updates);
+    if (!updates) {
+        snprintf(err, REPO_ERRLEN, "out of memory");
+        goto out;
+    }
+    for (size_t i = 0; i < spec->update_count; i++) {
+        const repo_file_update *u = &spec->updates[i];
+        updates[i].path = u->path;
+        if (u->content) {
+            if (git_blob_create_from_buffer(&updates[i].id, r->git, u->content, u->size) != 0) {
+                fail_git(err, REPO_ERROR, "cannot write the blob of %s", u->path);
+                goto out;
+            }
+            updates[i].action = GIT_TREE_UPDATE_UPSERT;
+            updates[i].filemode = GIT_FILEMODE_BLOB;
+        } else {
+            updates[i].action = GIT_TREE_UPDATE_REMOVE;
+        }
+    }
+    if (git_tree_create_updated(&tree_id, r->git, baseline, spec->update_count, updates) != 0) {
+        fail_git(err, REPO_ERROR, "cannot build the new tree");
+        goto out;
+    }
+    if (git_tree_lookup(&tree, r->git, &tree_id) != 0) {
+        fail_git(err, REPO_ERROR, "cannot read the new tree");
+        goto out;
+    }
+    int made = spec->time > 0
+        ? git_signature_new(&sig, spec->author, spec->email, (git_time_t)spec->time, 0)
+        : git_signature_now(&sig, spec->author, spec->email);
+    if (made != 0) {
+        fail_git(err, REPO_ERROR, "invalid author or email");
+        goto out;
+    }
+    const git_commit *parents[1] = {parent};
+    if (git_commit_create(out, r->git, NULL, sig, sig, NULL, spec->message, tree, 1,
+                          parents) != 0) {
+        fail_git(err, REPO_ERROR, "cannot write the commit");
+        goto out;
+    }
+    if (spec->ref &&
+        git_reference_create(&ref, r->git, spec->ref, out, 1, "loreley: commit") != 0) {
+        fail_git(err, REPO_ERROR, "cannot update %s", spec->ref);
+        goto out;
+    }
+    rc = REPO_OK;
+out:
+    git_reference_free(ref);
+    git_signature_free(sig);
+    git_tree_free(tree);
+    git_tree_free(baseline);
+    git_commit_free(parent);
+    free(updates);
+    return rc;
+}

@@ -185,6 +185,12 @@ local SPEC = {
   { "LORELEY_GIT_SSH_PASSPHRASE", "loreley_git_ssh_passphrase", "str?", nil, secret = true },
   -- schema migrations on start-up (off: run loreley-host --init-db yourself)
   { "LORELEY_AUTO_MIGRATE", "loreley_auto_migrate", "bool", true },
+  -- start-up and recovery (loreley.stages)
+  { "LORELEY_BOOTSTRAP_COMMIT", "loreley_bootstrap_commit", "str?", nil },
+  { "LORELEY_INGEST_MAX_ATTEMPTS", "loreley_ingest_max_attempts", "int", 5, min = 1 },
+  { "LORELEY_RECOVERY_GRACE_SECONDS", "loreley_recovery_grace_seconds", "float", 60.0,
+    min = 0, finite = true },
+  { "LORELEY_RESCHEDULE_OVERDUE", "loreley_reschedule_overdue", "bool", false },
 }
 
 M.SPEC = SPEC
