@@ -280,6 +280,14 @@ typedef struct descriptor_workspace descriptor_workspace;
 descriptor_workspace *descriptor_workspace_new(size_t dimensions);
 void descriptor_workspace_free(descriptor_workspace *w);
 
+/* The same, one file at a time: begin, add each loaded file (r tells what became of
+ * it), finish writes the commit vector (return codes as descriptor_embed_sources). */
+void descriptor_workspace_begin(descriptor_workspace *w);
+int descriptor_workspace_add(descriptor_workspace *w, const descriptor_options *o,
+                             const descriptor_source *s, descriptor_file_result *r);
+int descriptor_workspace_finish(descriptor_workspace *w, double *out, size_t *kept,
+                                size_t *chunks);
+
 /*
  * Clean, chunk, embed and pool n loaded files, one at a time (memory: one file plus one
  * vector per distinct path). results[i] tells what became of sources[i]. Writes the

@@ -589,6 +589,7 @@ struct descriptor_workspace {
     descriptor_chunks chunks;
     pooler pool;
     double *vector;
+    size_t kept, used;          /* files kept and chunks embedded since begin */
 };
 
 descriptor_workspace *descriptor_workspace_new(size_t dimensions)
@@ -618,53 +619,70 @@ void descriptor_workspace_free(descriptor_workspace *w)
     free(w);
 }
 
+void descriptor_workspace_begin(descriptor_workspace *w)
+{
+    pooler_reset(&w->pool);
+    w->kept = 0;
+    w->used = 0;
+}
+
+int descriptor_workspace_add(descriptor_workspace *w, const descriptor_options *o,
+                             const descriptor_source *s, descriptor_file_result *r)
+{
+    size_t cap = o->max_chunks_per_commit > 0 ? (size_t)o->max_chunks_per_commit : (size_t)-1;
+    memset(r, 0, sizeof *r);
+    int rc = descriptor_clean(o, s->content.ptr, s->content.len, &w->clean);
+    if (rc == DESCRIPTOR_ENOMEM)
+        return rc;
+    if (rc != 0) {
+        r->status = rc;
+        return 0;
+    }
+    w->kept++;
+    if (descriptor_chunk_text(o, w->clean.data, w->clean.len, &w->chunks) != 0)
+        return DESCRIPTOR_ENOMEM;
+    r->total_lines = w->chunks.total_lines;
+    r->chunk_count = w->chunks.count;
+    if (w->chunks.count == 0 || w->used >= cap)
+        return 0;
+    size_t index;
+    if (!pooler_group(&w->pool, s->path.ptr, s->path.len, s->change_count,
+                      w->chunks.total_lines, &index))
+        return DESCRIPTOR_ENOMEM;
+    for (size_t c = 0; c < w->chunks.count && w->used < cap; c++) {
+        const descriptor_chunk *ch = &w->chunks.items[c];
+        if (descriptor_embed_chunk(w->embedder, w->chunks.text.data + ch->offset, ch->len,
+                                   w->vector) != 0)
+            return DESCRIPTOR_ENOMEM;
+        pooler_add(&w->pool, index, w->vector,
+                   (double)(ch->line_count > 1 ? ch->line_count : 1));
+        w->used++;
+    }
+    return 0;
+}
+
+int descriptor_workspace_finish(descriptor_workspace *w, double *out, size_t *kept,
+                                size_t *chunks)
+{
+    *kept = w->kept;
+    *chunks = w->used;
+    if (w->kept == 0)
+        return DESCRIPTOR_SKIP_EMPTY;
+    if (w->used == 0)
+        return DESCRIPTOR_NO_CHUNKS;
+    return pooler_finish(&w->pool, out);
+}
+
 int descriptor_embed_sources(descriptor_workspace *w, const descriptor_options *o,
                              const descriptor_source *sources, size_t n,
                              descriptor_file_result *results, double *out, size_t *kept,
                              size_t *chunks)
 {
-    size_t cap = o->max_chunks_per_commit > 0 ? (size_t)o->max_chunks_per_commit : (size_t)-1;
-    size_t used = 0, nkept = 0;
-    pooler_reset(&w->pool);
-    *kept = 0;
-    *chunks = 0;
+    descriptor_workspace_begin(w);
     for (size_t i = 0; i < n; i++) {
-        descriptor_file_result *r = &results[i];
-        memset(r, 0, sizeof *r);
-        const descriptor_source *s = &sources[i];
-        int rc = descriptor_clean(o, s->content.ptr, s->content.len, &w->clean);
-        if (rc == DESCRIPTOR_ENOMEM)
+        int rc = descriptor_workspace_add(w, o, &sources[i], &results[i]);
+        if (rc != 0)
             return rc;
-        if (rc != 0) {
-            r->status = rc;
-            continue;
-        }
-        nkept++;
-        if (descriptor_chunk_text(o, w->clean.data, w->clean.len, &w->chunks) != 0)
-            return DESCRIPTOR_ENOMEM;
-        r->total_lines = w->chunks.total_lines;
-        r->chunk_count = w->chunks.count;
-        if (w->chunks.count == 0 || used >= cap)
-            continue;
-        size_t index;
-        if (!pooler_group(&w->pool, s->path.ptr, s->path.len, s->change_count,
-                          w->chunks.total_lines, &index))
-            return DESCRIPTOR_ENOMEM;
-        for (size_t c = 0; c < w->chunks.count && used < cap; c++) {
-            const descriptor_chunk *ch = &w->chunks.items[c];
-            if (descriptor_embed_chunk(w->embedder, w->chunks.text.data + ch->offset, ch->len,
-                                       w->vector) != 0)
-                return DESCRIPTOR_ENOMEM;
-            pooler_add(&w->pool, index, w->vector,
-                       (double)(ch->line_count > 1 ? ch->line_count : 1));
-            used++;
-        }
     }
-    *kept = nkept;
-    *chunks = used;
-    if (nkept == 0)
-        return DESCRIPTOR_SKIP_EMPTY;
-    if (used == 0)
-        return DESCRIPTOR_NO_CHUNKS;
-    return pooler_finish(&w->pool, out);
+    return descriptor_workspace_finish(w, out, kept, chunks);
 }

@@ -173,6 +173,7 @@ local SPEC = {
 
   -- host-only settings (not Loreley's; LORELEY_ prefix) ---------------------------------
   { "LORELEY_SAMPLER_SEED", "loreley_sampler_seed", "int?", nil },
+  { "LORELEY_DIMENSION_REDUCTION_WHITEN", "loreley_dimension_reduction_whiten", "bool", false },
 }
 
 M.SPEC = SPEC
