@@ -153,9 +153,22 @@ int descriptor_chunk_text(const descriptor_options *o, const char *text, size_t 
                 }
             }
         }
-        /* "\n".join(lines[start:end]) */
+        /* "\n".join(lines[start:end]): one copy when every break between them is "\n" */
         size_t offset = c->text.len;
-        for (size_t i = start; i < end; i++) {
+        int plain = 1;
+        for (size_t i = start; i + 1 < end && plain; i++) {
+            size_t stop = c->lines[2 * i] + c->lines[2 * i + 1];
+            plain = c->lines[2 * i + 2] == stop + 1 && text[stop] == '\n';
+        }
+        if (plain) {
+            size_t from = c->lines[2 * start];
+            size_t to = c->lines[2 * (end - 1)] + c->lines[2 * (end - 1) + 1];
+            if (descriptor_buf_append(&c->text, text + from, to - from) != 0) {
+                rc = DESCRIPTOR_ENOMEM;
+                goto out;
+            }
+        }
+        for (size_t i = start; i < end && !plain; i++) {
             if (i > start && descriptor_buf_append(&c->text, "\n", 1) != 0) {
                 rc = DESCRIPTOR_ENOMEM;
                 goto out;

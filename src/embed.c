@@ -4,10 +4,13 @@
  * The reference asks a hosted model for one vector per chunk. Here a chunk becomes a
  * signed feature-hashing vector of its code tokens:
  *   tokens    identifier words (split at '_', lower->Upper, Upper->Upper+lower and
- *             letter<->digit changes), numbers, operators (longest of a fixed list, else
- *             one character); lower-cased; at most DESCRIPTOR_MAX_CHUNK_TOKENS;
+ *             letter<->digit changes), numbers (a digit, then letters, digits, '_' and
+ *             '.'), operators (the longest of a fixed list, else one character);
+ *             lower-cased; at most DESCRIPTOR_MAX_CHUNK_TOKENS per chunk. A lone
+ *             delimiter ( ) [ ] { } , ; : . ' " ` \ # $ only separates tokens: it
+ *             carries little about the code and is a third of all symbols;
  *   features  every unigram and every bigram of consecutive tokens, each a 64-bit hash
- *             (FNV-1a over the token bytes, then a splitmix64 finaliser);
+ *             of the token bytes (8 bytes at a time, then a splitmix64 finaliser);
  *   vector    per distinct feature, 1 + ln(count) added to bucket hi32(h) * D >> 32 with
  *             the sign of bit 0; then L2 normalisation.
  * Nothing depends on the platform, the locale or a seed: the same text gives the same
@@ -20,13 +23,13 @@
 #include "descriptor.h"
 #include "pytext.h"
 
-#define SEED_UNIGRAM 0x243F6A8885A308D3ull   /* digits of pi, to separate the kinds */
+#define SEED_TOKEN 0x243F6A8885A308D3ull    /* digits of pi, to separate the kinds */
 #define SEED_BIGRAM 0x13198A2E03707344ull
 #define FNV_OFFSET 0xCBF29CE484222325ull
 #define FNV_PRIME 0x100000001B3ull
 #define TOKEN_TEXT_MAX 256                  /* token text kept for descriptor_tokens */
 
-static uint64_t mix64(uint64_t z)
+static inline uint64_t mix64(uint64_t z)
 {
     z ^= z >> 30;
     z *= 0xBF58476D1CE4E5B9ull;
@@ -36,51 +39,113 @@ static uint64_t mix64(uint64_t z)
     return z;
 }
 
-/* ---- tokenizer --------------------------------------------------------------------------- */
+/* ---- byte classes -------------------------------------------------------------------------- */
+
+enum {
+    C_OTHER = 0,    /* punctuation and control characters: operator tokens */
+    C_SPACE,        /* Python whitespace */
+    C_LOWER,        /* a-z */
+    C_UPPER,        /* A-Z */
+    C_DIGIT,        /* 0-9 */
+    C_UNDER,        /* _ */
+    C_HIGH,         /* >= 0x80: decode */
+};
+
+static unsigned char byte_class[256];
+static unsigned char op_second[256];    /* can be the second byte of a listed operator */
+static unsigned char delimiter[256];    /* a lone one separates tokens but is none */
+static unsigned char ident_ascii[256];  /* [A-Za-z0-9_] */
+static int tables_ready;
+
+static void init_tables(void)
+{
+    if (tables_ready)
+        return;
+    for (int b = 0; b < 256; b++) {
+        unsigned char c = C_OTHER;
+        if (b >= 0x80)
+            c = C_HIGH;
+        else if ((b >= 0x09 && b <= 0x0D) || (b >= 0x1C && b <= 0x20))
+            c = C_SPACE;
+        else if (b >= 'a' && b <= 'z')
+            c = C_LOWER;
+        else if (b >= 'A' && b <= 'Z')
+            c = C_UPPER;
+        else if (b >= '0' && b <= '9')
+            c = C_DIGIT;
+        else if (b == '_')
+            c = C_UNDER;
+        byte_class[b] = c;
+        ident_ascii[b] = c == C_LOWER || c == C_UPPER || c == C_DIGIT || c == C_UNDER;
+    }
+    for (const char *p = "=&|>:<+-*/.?"; *p; p++)
+        op_second[(unsigned char)*p] = 1;
+    for (const char *p = "()[]{},;:.'\"`\\#$"; *p; p++)
+        delimiter[(unsigned char)*p] = 1;
+    tables_ready = 1;
+}
+
+/* ---- tokenizer ------------------------------------------------------------------------------ */
+
+typedef struct token {
+    uint64_t hash;
+    size_t offset;              /* byte offset of the token in the tokenized text */
+} token;
 
 typedef struct tokenizer {
-    void (*emit)(struct tokenizer *t, uint64_t hash);
     size_t count;
+    /* the token being built */
+    uint64_t h, word;
+    size_t nb, start;
     /* descriptor_tokens only */
     void (*fn)(const char *token, size_t len, void *ctx);
     void *ctx;
     char text[TOKEN_TEXT_MAX];
-    size_t text_len;
-    uint64_t hash;
+    /* the embedding: tokens collected here */
+    token *toks;
+    size_t cap;
+    int collect, failed;
 } tokenizer;
 
-static void token_begin(tokenizer *t)
+static inline void tok_begin(tokenizer *t, size_t offset)
 {
-    t->hash = FNV_OFFSET;
-    t->text_len = 0;
+    t->h = SEED_TOKEN;
+    t->word = 0;
+    t->nb = 0;
+    t->start = offset;
 }
 
-static void token_byte(tokenizer *t, unsigned char b)
+static inline void tok_byte(tokenizer *t, unsigned char b)
 {
-    t->hash = (t->hash ^ b) * FNV_PRIME;
-    if (t->fn && t->text_len < TOKEN_TEXT_MAX)
-        t->text[t->text_len++] = (char)b;
+    if (t->fn && t->nb < TOKEN_TEXT_MAX)
+        t->text[t->nb] = (char)b;
+    t->word |= (uint64_t)b << (8 * (t->nb & 7));
+    if ((++t->nb & 7) == 0) {
+        t->h = (t->h ^ t->word) * 0xFF51AFD7ED558CCDull;
+        t->h ^= t->h >> 32;
+        t->word = 0;
+    }
 }
 
-static void token_cp(tokenizer *t, uint32_t cp)
+static void tok_cp(tokenizer *t, uint32_t cp)
 {
     uint32_t second;
     uint32_t v = pytext_lower(cp, &second);
-    for (int round = 0; round < 2; round++) {
+    for (;;) {
         if (v < 0x80) {
-            token_byte(t, (unsigned char)v);
+            tok_byte(t, (unsigned char)v);
         } else if (v < 0x800) {
-            token_byte(t, (unsigned char)(0xC0 | (v >> 6)));
-            token_byte(t, (unsigned char)(0x80 | (v & 0x3F)));
+            tok_byte(t, (unsigned char)(0xC0 | (v >> 6)));
+            tok_byte(t, (unsigned char)(0x80 | (v & 0x3F)));
         } else if (v < 0x10000) {
-            token_byte(t, (unsigned char)(0xE0 | (v >> 12)));
-            token_byte(t, (unsigned char)(0x80 | ((v >> 6) & 0x3F)));
-            token_byte(t, (unsigned char)(0x80 | (v & 0x3F)));
+            tok_byte(t, (unsigned char)(0xE0 | (v >> 12)));
+            tok_byte(t, (unsigned char)(0x80 | ((v >> 6) & 0x3F)));
+            tok_byte(t, (unsigned char)(0x80 | (v & 0x3F)));
         } else {
-            token_byte(t, (unsigned char)(0xF0 | (v >> 18)));
-            token_byte(t, (unsigned char)(0x80 | ((v >> 12) & 0x3F)));
-            token_byte(t, (unsigned char)(0x80 | ((v >> 6) & 0x3F)));
-            token_byte(t, (unsigned char)(0x80 | (v & 0x3F)));
+            tok_byte(t, (unsigned char)(0xF0 | (v >> 18)));
+            tok_byte(t, (unsigned char)(0x80 | ((v >> 12) & 0x3F)));
+            tok_byte(t, (unsigned char)(0x80 | ((v >> 6) & 0x3F)));
+            tok_byte(t, (unsigned char)(0x80 | (v & 0x3F)));
         }
         if (!second)
             break;
@@ -89,147 +154,246 @@ static void token_cp(tokenizer *t, uint32_t cp)
     }
 }
 
-static void token_end(tokenizer *t)
+static void tok_end(tokenizer *t)
 {
+    uint64_t hash = mix64(t->h ^ t->word ^ ((uint64_t)t->nb << 56));
     if (t->fn)
-        t->fn(t->text, t->text_len, t->ctx);
-    if (t->emit)
-        t->emit(t, t->hash);
+        t->fn(t->text, t->nb < TOKEN_TEXT_MAX ? t->nb : TOKEN_TEXT_MAX, t->ctx);
+    if (t->collect) {
+        if (t->count == t->cap) {
+            size_t nc = t->cap ? t->cap * 2 : 1024;
+            token *p = realloc(t->toks, nc * sizeof *p);
+            if (!p) {
+                t->failed = 1;
+                t->count++;
+                return;
+            }
+            t->toks = p;
+            t->cap = nc;
+        }
+        t->toks[t->count].hash = hash;
+        t->toks[t->count].offset = t->start;
+    }
     t->count++;
 }
 
-enum { CLASS_LOWER, CLASS_UPPER, CLASS_DIGIT, CLASS_UNDERSCORE };
-
-static int is_ident_cp(uint32_t cp)
+/* Class of a decoded non-ASCII code point inside an identifier. */
+static int high_class(uint32_t cp)
 {
-    if (cp < 0x80)
-        return (cp >= 'a' && cp <= 'z') || (cp >= 'A' && cp <= 'Z') ||
-               (cp >= '0' && cp <= '9') || cp == '_';
-    return cp != PYTEXT_INVALID && !pytext_is_space(cp);
-}
-
-static int ident_class(uint32_t cp)
-{
-    if (cp == '_')
-        return CLASS_UNDERSCORE;
-    if (cp >= '0' && cp <= '9')
-        return CLASS_DIGIT;
-    if (cp >= 'A' && cp <= 'Z')
-        return CLASS_UPPER;
-    if (cp < 0x80)
-        return CLASS_LOWER;
     uint32_t second;
-    return pytext_lower(cp, &second) != cp ? CLASS_UPPER : CLASS_LOWER;
+    return pytext_lower(cp, &second) != cp ? C_UPPER : C_LOWER;
 }
 
-/* Splits the identifier s[0..len) into words and emits them. */
-static void emit_identifier(tokenizer *t, const unsigned char *s, size_t len, size_t max)
+/* The class of the identifier character at s[pos] (C_SPACE/C_OTHER: not one), its code
+ * point and its length. */
+static inline int ident_char(const unsigned char *s, size_t len, size_t pos, uint32_t *cp,
+                             size_t *k)
 {
-    size_t pos = 0;
-    int in_word = 0, prev = CLASS_UNDERSCORE;
-    while (pos < len && t->count < max) {
-        uint32_t cp;
-        size_t k = pytext_decode(s + pos, len - pos, &cp);
-        int cls = ident_class(cp);
-        if (cls == CLASS_UNDERSCORE) {
+    unsigned char b = s[pos];
+    int c = byte_class[b];
+    if (c != C_HIGH) {
+        *cp = b;
+        *k = 1;
+        return c == C_DIGIT || c == C_LOWER || c == C_UPPER || c == C_UNDER ? c : C_OTHER;
+    }
+    *k = pytext_decode(s + pos, len - pos, cp);
+    if (*cp == PYTEXT_INVALID || pytext_is_space(*cp))
+        return C_SPACE;
+    return high_class(*cp);
+}
+
+/* An identifier starting at s[pos]: emits its words; returns the end position. */
+static size_t scan_identifier(tokenizer *t, const unsigned char *s, size_t len, size_t pos,
+                              size_t max)
+{
+    int in_word = 0, prev = C_UNDER;
+    uint32_t cp;
+    size_t k;
+    int cls = ident_char(s, len, pos, &cp, &k);
+    while (cls != C_SPACE && cls != C_OTHER) {
+        size_t next = pos + k;
+        uint32_t ncp = 0;
+        size_t nk = 0;
+        int ncls = next < len ? ident_char(s, len, next, &ncp, &nk) : C_SPACE;
+        if (cls == C_UNDER) {
             if (in_word)
-                token_end(t);
+                tok_end(t);
+            in_word = 0;
+        } else {
+            int boundary = 0;
+            if (in_word) {
+                if ((cls == C_DIGIT) != (prev == C_DIGIT))
+                    boundary = 1;
+                else if (cls == C_UPPER && prev == C_LOWER)
+                    boundary = 1;
+                else if (cls == C_UPPER && prev == C_UPPER && ncls == C_LOWER)
+                    boundary = 1;   /* "HTTPServer": the capital before "erver" */
+            }
+            if (boundary)
+                tok_end(t);
+            if (t->count >= max)
+                return next;
+            if (!in_word || boundary)
+                tok_begin(t, pos);
+            in_word = 1;
+            if (cp < 0x80)
+                tok_byte(t, (unsigned char)(cls == C_UPPER ? cp + 32 : cp));
+            else
+                tok_cp(t, cp);
+            if (ncls == C_LOWER && ncp < 0x80 && cls != C_DIGIT) {
+                /* Fast path: lower-case ASCII letters after a letter never start a word. */
+                while (next < len && byte_class[s[next]] == C_LOWER) {
+                    tok_byte(t, s[next]);
+                    next++;
+                }
+                prev = C_LOWER;
+                pos = next;
+                cls = next < len ? ident_char(s, len, next, &cp, &k) : C_SPACE;
+                continue;
+            }
+        }
+        prev = cls;
+        pos = next;
+        cp = ncp;
+        k = nk;
+        cls = ncls;
+    }
+    if (in_word && t->count < max)
+        tok_end(t);
+    return pos;
+}
+
+/* Emits the words of the ASCII identifier s[pos..end) (same rules as scan_identifier). */
+static size_t split_ascii_identifier(tokenizer *t, const unsigned char *s, size_t pos,
+                                     size_t end, size_t max)
+{
+    int in_word = 0, prev = C_UNDER;
+    for (size_t i = pos; i < end; i++) {
+        unsigned char b = s[i];
+        int cls = byte_class[b];
+        if (cls == C_LOWER && in_word && prev != C_DIGIT) {
+            tok_byte(t, b);          /* the common case: a word goes on */
+            prev = C_LOWER;
+            continue;
+        }
+        if (cls == C_UNDER) {
+            if (in_word)
+                tok_end(t);
             in_word = 0;
             prev = cls;
-            pos += k;
             continue;
         }
         int boundary = 0;
         if (in_word) {
-            if ((cls == CLASS_DIGIT) != (prev == CLASS_DIGIT))
+            if ((cls == C_DIGIT) != (prev == C_DIGIT))
                 boundary = 1;
-            else if (cls == CLASS_UPPER && prev == CLASS_LOWER)
+            else if (cls == C_UPPER && prev == C_LOWER)
                 boundary = 1;
-            else if (cls == CLASS_UPPER && prev == CLASS_UPPER && pos + k < len) {
-                /* "HTTPServer": a capital followed by a lower-case letter starts a word */
-                uint32_t nx;
-                pytext_decode(s + pos + k, len - pos - k, &nx);
-                if (ident_class(nx) == CLASS_LOWER)
-                    boundary = 1;
-            }
+            else if (cls == C_UPPER && prev == C_UPPER && i + 1 < end &&
+                     byte_class[s[i + 1]] == C_LOWER)
+                boundary = 1;
         }
         if (boundary)
-            token_end(t);
+            tok_end(t);
+        if (t->count >= max)
+            return end;
         if (!in_word || boundary)
-            token_begin(t);
+            tok_begin(t, i);
         in_word = 1;
-        token_cp(t, cp);
+        tok_byte(t, (unsigned char)(cls == C_UPPER ? b + 32 : b));
         prev = cls;
-        pos += k;
     }
     if (in_word && t->count < max)
-        token_end(t);
+        tok_end(t);
+    return end;
 }
 
-static const char *const OPERATORS3[] = { "...", "===", "!==", "<<=", ">>=", "**=", "//=",
-                                           "<=>", ">>>", NULL };
-static const char *const OPERATORS2[] = { "==", "!=", "<=", ">=", "&&", "||", "->", "=>",
-                                           "::", "<<", ">>", "+=", "-=", "*=", "/=", "%=",
-                                           "&=", "|=", "^=", "++", "--", "**", "//", ":=",
-                                           "..", "??", "?.", "|>", NULL };
+static const char OPERATORS3[][4] = { "...", "===", "!==", "<<=", ">>=", "**=", "//=", "<=>",
+                                      ">>>" };
+static const char OPERATORS2[][3] = { "==", "!=", "<=", ">=", "&&", "||", "->", "=>", "::",
+                                      "<<", ">>", "+=", "-=", "*=", "/=", "%=", "&=", "|=",
+                                      "^=", "++", "--", "**", "//", ":=", "..", "??", "?.",
+                                      "|>" };
 
-static void tokenize(tokenizer *t, const char *text, size_t len)
+static size_t operator_length(const unsigned char *s, size_t len, size_t pos)
 {
+    if (pos + 1 >= len || !op_second[s[pos + 1]])
+        return 1;
+    if (pos + 2 < len)
+        for (size_t i = 0; i < sizeof OPERATORS3 / sizeof OPERATORS3[0]; i++)
+            if (memcmp(s + pos, OPERATORS3[i], 3) == 0)
+                return 3;
+    for (size_t i = 0; i < sizeof OPERATORS2 / sizeof OPERATORS2[0]; i++)
+        if (s[pos] == (unsigned char)OPERATORS2[i][0] && s[pos + 1] == (unsigned char)OPERATORS2[i][1])
+            return 2;
+    return 1;
+}
+
+/* Tokenizes text[0..len), at most max tokens (t->count counts them). */
+static void tokenize(tokenizer *t, const char *text, size_t len, size_t max)
+{
+    init_tables();
     const unsigned char *s = (const unsigned char *)text;
-    const size_t max = DESCRIPTOR_MAX_CHUNK_TOKENS;
     size_t pos = 0;
     while (pos < len && t->count < max) {
         unsigned char b = s[pos];
-        uint32_t cp = b;
-        size_t k = 1;
-        if (b >= 0x80)
-            k = pytext_decode(s + pos, len - pos, &cp);
-        if (cp == PYTEXT_INVALID || pytext_is_space(cp)) {
-            pos += k;
-            continue;
-        }
-        if (cp >= '0' && cp <= '9') {
-            size_t end = pos;
-            while (end < len && ((s[end] >= '0' && s[end] <= '9') ||
-                                 (s[end] >= 'a' && s[end] <= 'z') ||
-                                 (s[end] >= 'A' && s[end] <= 'Z') || s[end] == '_' ||
-                                 s[end] == '.'))
-                end++;
-            token_begin(t);
-            for (size_t i = pos; i < end; i++)
-                token_byte(t, (unsigned char)(s[i] >= 'A' && s[i] <= 'Z' ? s[i] + 32 : s[i]));
-            token_end(t);
-            pos = end;
-            continue;
-        }
-        if (is_ident_cp(cp)) {
-            size_t end = pos;
-            while (end < len) {
-                uint32_t c2 = s[end];
-                size_t k2 = 1;
-                if (c2 >= 0x80)
-                    k2 = pytext_decode(s + end, len - end, &c2);
-                if (!is_ident_cp(c2))
+        switch (byte_class[b]) {
+        case C_SPACE:
+            pos++;
+            while (pos < len && s[pos] == ' ')
+                pos++;
+            break;
+        case C_DIGIT: {
+            tok_begin(t, pos);
+            while (pos < len) {
+                int c = byte_class[s[pos]];
+                if (c == C_DIGIT || c == C_LOWER || c == C_UNDER || s[pos] == '.')
+                    tok_byte(t, s[pos]);
+                else if (c == C_UPPER)
+                    tok_byte(t, (unsigned char)(s[pos] + 32));
+                else
                     break;
-                end += k2;
+                pos++;
             }
-            emit_identifier(t, s + pos, end - pos, max);
-            pos = end;
-            continue;
+            tok_end(t);
+            break;
         }
-        /* An operator or other ASCII symbol: the longest listed operator, else one byte. */
-        size_t ol = 1;
-        for (const char *const *op = OPERATORS3; *op && ol == 1; op++)
-            if (pos + 3 <= len && memcmp(s + pos, *op, 3) == 0)
-                ol = 3;
-        for (const char *const *op = OPERATORS2; *op && ol == 1; op++)
-            if (pos + 2 <= len && memcmp(s + pos, *op, 2) == 0)
-                ol = 2;
-        token_begin(t);
-        for (size_t i = 0; i < ol; i++)
-            token_byte(t, s[pos + i]);
-        token_end(t);
-        pos += ol;
+        case C_LOWER:
+        case C_UPPER:
+        case C_UNDER: {
+            /* ASCII run first; anything else in it takes the general scanner. */
+            size_t end = pos;
+            while (end < len && ident_ascii[s[end]])
+                end++;
+            if (end < len && s[end] >= 0x80)
+                pos = scan_identifier(t, s, len, pos, max);
+            else
+                pos = split_ascii_identifier(t, s, pos, end, max);
+            break;
+        }
+        case C_HIGH: {
+            uint32_t cp;
+            size_t k = pytext_decode(s + pos, len - pos, &cp);
+            if (cp == PYTEXT_INVALID || pytext_is_space(cp))
+                pos += k;
+            else
+                pos = scan_identifier(t, s, len, pos, max);
+            break;
+        }
+        default: {
+            size_t ol = operator_length(s, len, pos);
+            if (ol == 1 && delimiter[b]) {
+                pos++;               /* brackets, commas, quotes ...: separators */
+                break;
+            }
+            tok_begin(t, pos);
+            for (size_t i = 0; i < ol; i++)
+                tok_byte(t, s[pos + i]);
+            tok_end(t);
+            pos += ol;
+            break;
+        }
+        }
     }
 }
 
@@ -240,142 +404,111 @@ void descriptor_tokens(const char *text, size_t len,
     memset(&t, 0, sizeof t);
     t.fn = fn;
     t.ctx = ctx;
-    tokenize(&t, text, len);
+    tokenize(&t, text, len, DESCRIPTOR_MAX_CHUNK_TOKENS);
 }
 
 /* ---- feature counting -------------------------------------------------------------------- */
 
+/*
+ * Distinct features of one chunk are counted in an open-addressing table of 32-bit
+ * entries, (tag << 16) | (index + 1), whose index points into dense arrays in insertion
+ * order. The table stays small (16 KB for the usual chunk) so probing stays in L1.
+ */
 struct descriptor_embedder {
-    tokenizer tok;              /* first: the emit callback casts back to the embedder */
+    tokenizer tok;
     size_t dims;
-    uint64_t *keys;             /* open addressing, 0 = empty */
-    uint32_t *counts;
-    uint32_t *used;             /* slots in insertion order */
-    size_t cap, nused;          /* cap: power of two */
-    uint64_t prev;
-    int has_prev;
+    uint32_t *table;            /* cap entries, 0 = empty */
+    uint64_t *fkeys;            /* dense, insertion order */
+    uint32_t *fcounts;
+    uint32_t *fslots;           /* table slot of each dense entry (to clear it) */
+    size_t cap, nused;          /* cap: power of two; nused <= cap / 2 < 65535 */
     int failed;                 /* ENOMEM while counting */
     double log_table[64];       /* 1 + ln(c) for c < 64 */
 };
 
-static int table_grow(descriptor_embedder *e)
+#define TABLE_MIN 4096
+#define TABLE_MAX 65536         /* 2 * (2 * DESCRIPTOR_MAX_CHUNK_TOKENS) rounded up */
+
+static int table_alloc(descriptor_embedder *e, size_t cap)
 {
-    size_t nc = e->cap * 2;
-    uint64_t *keys = calloc(nc, sizeof *keys);
-    uint32_t *counts = malloc(nc * sizeof *counts);
-    uint32_t *used = malloc(nc / 2 * sizeof *used);
-    if (!keys || !counts || !used) {
-        free(keys);
-        free(counts);
-        free(used);
+    uint32_t *table = calloc(cap, sizeof *table);
+    uint64_t *fkeys = realloc(e->fkeys, cap / 2 * sizeof *fkeys);
+    if (fkeys)
+        e->fkeys = fkeys;
+    uint32_t *fcounts = realloc(e->fcounts, cap / 2 * sizeof *fcounts);
+    if (fcounts)
+        e->fcounts = fcounts;
+    uint32_t *fslots = realloc(e->fslots, cap / 2 * sizeof *fslots);
+    if (fslots)
+        e->fslots = fslots;
+    if (!table || !fkeys || !fcounts || !fslots) {
+        free(table);
         return DESCRIPTOR_ENOMEM;
     }
-    /* Re-insert in insertion order, keeping that order. */
+    free(e->table);
+    e->table = table;
+    e->cap = cap;
+    /* Re-insert the dense entries (their order, and so the result, is unchanged). */
     for (size_t i = 0; i < e->nused; i++) {
-        size_t old = e->used[i];
-        uint64_t key = e->keys[old];
-        size_t slot = (size_t)key & (nc - 1);
-        while (keys[slot])
-            slot = (slot + 1) & (nc - 1);
-        keys[slot] = key;
-        counts[slot] = e->counts[old];
-        used[i] = (uint32_t)slot;
+        uint64_t key = e->fkeys[i];
+        size_t slot = (size_t)key & (cap - 1);
+        while (table[slot])
+            slot = (slot + 1) & (cap - 1);
+        table[slot] = (uint32_t)((key >> 48) << 16) | (uint32_t)(i + 1);
+        e->fslots[i] = (uint32_t)slot;
     }
-    free(e->keys);
-    free(e->counts);
-    free(e->used);
-    e->keys = keys;
-    e->counts = counts;
-    e->used = used;
-    e->cap = nc;
     return 0;
 }
 
-static void add_feature(descriptor_embedder *e, uint64_t key)
+static inline void add_feature(descriptor_embedder *e, uint64_t key)
 {
-    if (key == 0)
-        key = 1;
-    if (2 * (e->nused + 1) > e->cap && table_grow(e) != 0) {
+    if (2 * (e->nused + 1) > e->cap &&
+        (e->cap >= TABLE_MAX || table_alloc(e, e->cap * 2) != 0)) {
         e->failed = 1;
         return;
     }
     size_t mask = e->cap - 1, slot = (size_t)key & mask;
-    while (e->keys[slot]) {
-        if (e->keys[slot] == key) {
-            e->counts[slot]++;
+    uint32_t tag = (uint32_t)(key >> 48);
+    for (;;) {
+        uint32_t entry = e->table[slot];
+        if (!entry)
+            break;
+        if ((entry >> 16) == tag && e->fkeys[(entry & 0xFFFF) - 1] == key) {
+            e->fcounts[(entry & 0xFFFF) - 1]++;
             return;
         }
         slot = (slot + 1) & mask;
     }
-    e->keys[slot] = key;
-    e->counts[slot] = 1;
-    e->used[e->nused++] = (uint32_t)slot;
+    size_t i = e->nused++;
+    e->table[slot] = (tag << 16) | (uint32_t)(i + 1);
+    e->fkeys[i] = key;
+    e->fcounts[i] = 1;
+    e->fslots[i] = (uint32_t)slot;
 }
 
-static void embedder_emit(tokenizer *t, uint64_t hash)
-{
-    descriptor_embedder *e = (descriptor_embedder *)t;
-    add_feature(e, mix64(hash ^ SEED_UNIGRAM));
-    if (e->has_prev)
-        add_feature(e, mix64(e->prev * 0x9E3779B97F4A7C15ull + hash + SEED_BIGRAM));
-    e->prev = hash;
-    e->has_prev = 1;
-}
-
-descriptor_embedder *descriptor_embedder_new(size_t dimensions)
-{
-    if (dimensions < 1 || dimensions > DESCRIPTOR_MAX_DIMENSIONS)
-        return NULL;
-    descriptor_embedder *e = calloc(1, sizeof *e);
-    if (!e)
-        return NULL;
-    e->dims = dimensions;
-    e->cap = 4096;
-    e->keys = calloc(e->cap, sizeof *e->keys);
-    e->counts = malloc(e->cap * sizeof *e->counts);
-    e->used = malloc(e->cap / 2 * sizeof *e->used);
-    if (!e->keys || !e->counts || !e->used) {
-        descriptor_embedder_free(e);
-        return NULL;
-    }
-    e->tok.emit = embedder_emit;
-    for (int c = 1; c < 64; c++)
-        e->log_table[c] = 1.0 + log((double)c);
-    return e;
-}
-
-void descriptor_embedder_free(descriptor_embedder *e)
-{
-    if (!e)
-        return;
-    free(e->keys);
-    free(e->counts);
-    free(e->used);
-    free(e);
-}
-
-size_t descriptor_embedder_dimensions(const descriptor_embedder *e)
-{
-    return e->dims;
-}
-
-int descriptor_embed_chunk(descriptor_embedder *e, const char *text, size_t len, double *out)
+/*
+ * The vector of a token sequence: every unigram and bigram counted, then
+ * sign * (1 + ln count) per distinct feature, L2-normalised.
+ */
+static int embed_tokens(descriptor_embedder *e, const token *toks, size_t n, double *out)
 {
     e->nused = 0;
-    e->has_prev = 0;
     e->failed = 0;
-    e->tok.count = 0;
-    tokenize(&e->tok, text, len);
+    for (size_t i = 0; i < n; i++) {
+        add_feature(e, toks[i].hash);
+        if (i > 0)
+            add_feature(e, mix64(toks[i - 1].hash * 0x9E3779B97F4A7C15ull + toks[i].hash +
+                                 SEED_BIGRAM));
+    }
     size_t dims = e->dims;
     memset(out, 0, dims * sizeof *out);
     for (size_t i = 0; i < e->nused; i++) {
-        size_t slot = e->used[i];
-        uint64_t key = e->keys[slot];
-        uint32_t c = e->counts[slot];
+        uint64_t key = e->fkeys[i];
+        uint32_t c = e->fcounts[i];
         double w = c < 64 ? e->log_table[c] : 1.0 + log((double)c);
         size_t bucket = (size_t)(((key >> 32) * (uint64_t)dims) >> 32);
         out[bucket] += (key & 1) ? -w : w;
-        e->keys[slot] = 0;       /* clear as we go: the table is empty for the next chunk */
+        e->table[e->fslots[i]] = 0;  /* clear as we go: empty for the next chunk */
     }
     e->nused = 0;
     if (e->failed)
@@ -389,6 +522,57 @@ int descriptor_embed_chunk(descriptor_embedder *e, const char *text, size_t len,
             out[i] /= norm;
     }
     return 0;
+}
+
+descriptor_embedder *descriptor_embedder_new(size_t dimensions)
+{
+    if (dimensions < 1 || dimensions > DESCRIPTOR_MAX_DIMENSIONS)
+        return NULL;
+    descriptor_embedder *e = calloc(1, sizeof *e);
+    if (!e)
+        return NULL;
+    e->dims = dimensions;
+    if (table_alloc(e, TABLE_MIN) != 0) {
+        descriptor_embedder_free(e);
+        return NULL;
+    }
+    e->tok.collect = 1;
+    for (int c = 1; c < 64; c++)
+        e->log_table[c] = 1.0 + log((double)c);
+    return e;
+}
+
+void descriptor_embedder_free(descriptor_embedder *e)
+{
+    if (!e)
+        return;
+    free(e->table);
+    free(e->fkeys);
+    free(e->fcounts);
+    free(e->fslots);
+    free(e->tok.toks);
+    free(e);
+}
+
+size_t descriptor_embedder_dimensions(const descriptor_embedder *e)
+{
+    return e->dims;
+}
+
+/* Tokenizes text into e->tok (at most max tokens). */
+static int tokenize_into(descriptor_embedder *e, const char *text, size_t len, size_t max)
+{
+    e->tok.count = 0;
+    e->tok.failed = 0;
+    tokenize(&e->tok, text, len, max);
+    return e->tok.failed ? DESCRIPTOR_ENOMEM : 0;
+}
+
+int descriptor_embed_chunk(descriptor_embedder *e, const char *text, size_t len, double *out)
+{
+    if (tokenize_into(e, text, len, DESCRIPTOR_MAX_CHUNK_TOKENS) != 0)
+        return DESCRIPTOR_ENOMEM;
+    return embed_tokens(e, e->tok.toks, e->tok.count, out);
 }
 
 /* ---- pooling (§3.4) ---------------------------------------------------------------------- */
@@ -649,10 +833,10 @@ int descriptor_workspace_add(descriptor_workspace *w, const descriptor_options *
     if (!pooler_group(&w->pool, s->path.ptr, s->path.len, s->change_count,
                       w->chunks.total_lines, &index))
         return DESCRIPTOR_ENOMEM;
+    descriptor_embedder *e = w->embedder;
     for (size_t c = 0; c < w->chunks.count && w->used < cap; c++) {
         const descriptor_chunk *ch = &w->chunks.items[c];
-        if (descriptor_embed_chunk(w->embedder, w->chunks.text.data + ch->offset, ch->len,
-                                   w->vector) != 0)
+        if (descriptor_embed_chunk(e, w->chunks.text.data + ch->offset, ch->len, w->vector) != 0)
             return DESCRIPTOR_ENOMEM;
         pooler_add(&w->pool, index, w->vector,
                    (double)(ch->line_count > 1 ? ch->line_count : 1));

@@ -750,16 +750,30 @@ static size_t normalise_newlines(char *s, size_t len)
     return o;
 }
 
+/* The first "ab" in s[from..len), or NULL (memchr on the rarer first byte). */
+static char *find_pair(char *s, size_t from, size_t len, char a, char b)
+{
+    while (from + 1 < len) {
+        char *p = memchr(s + from, a, len - from - 1);
+        if (!p)
+            return NULL;
+        if (p[1] == b)
+            return p;
+        from = (size_t)(p - s) + 1;
+    }
+    return NULL;
+}
+
 /* In place: every non-greedy "/\* ... *\/" span becomes one "\n" (re.DOTALL). */
 static size_t strip_block_comments(char *s, size_t len)
 {
     size_t o = 0, i = 0;
     while (i < len) {
-        char *open = i + 1 < len ? memmem(s + i, len - i, "/*", 2) : NULL;
+        char *open = find_pair(s, i, len, '/', '*');
         if (!open)
             break;
         size_t at = (size_t)(open - s);
-        char *close = at + 2 < len ? memmem(s + at + 2, len - at - 2, "*/", 2) : NULL;
+        char *close = find_pair(s, at + 2, len, '*', '/');
         if (!close)
             break;                   /* no closer after this opener, nor after any later one */
         memmove(s + o, s + i, at - i);
@@ -767,6 +781,8 @@ static size_t strip_block_comments(char *s, size_t len)
         s[o++] = '\n';
         i = (size_t)(close - s) + 2;
     }
+    if (o == i)
+        return len;                  /* nothing removed */
     memmove(s + o, s + i, len - i);
     return o + (len - i);
 }

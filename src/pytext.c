@@ -4,6 +4,8 @@
  * The sets below are facts about CPython 3.11-3.13 (recorded in the golden file's
  * python_text_semantics); the lower-case runs are generated into pytext_lower.c.
  */
+#include <string.h>
+
 #include "pytext.h"
 
 /* Second-byte range of a multi-byte sequence, by lead byte (Unicode Table 3-7). */
@@ -122,11 +124,24 @@ uint32_t pytext_lower(uint32_t cp, uint32_t *second)
     return cp;
 }
 
+/* ASCII whitespace of str.isspace(): \t \n \v \f \r, \x1c-\x1f and space. */
+static inline int ascii_space(unsigned char b)
+{
+    return (b >= 0x09 && b <= 0x0D) || (b >= 0x1C && b <= 0x20);
+}
+
 size_t pytext_lstrip_len(const char *s, size_t len)
 {
     const unsigned char *u = (const unsigned char *)s;
     size_t pos = 0;
     while (pos < len) {
+        unsigned char b = u[pos];
+        if (b < 0x80) {
+            if (!ascii_space(b))
+                break;
+            pos++;
+            continue;
+        }
         uint32_t cp;
         size_t n = pytext_decode(u + pos, len - pos, &cp);
         if (!pytext_is_space(cp))
@@ -141,6 +156,13 @@ size_t pytext_rstrip_len(const char *s, size_t len)
     const unsigned char *u = (const unsigned char *)s;
     size_t end = len;
     while (end > 0) {
+        unsigned char b = u[end - 1];
+        if (b < 0x80) {
+            if (!ascii_space(b))
+                break;
+            end--;
+            continue;
+        }
         uint32_t cp;
         size_t n = pytext_decode_last(u, end, &cp);
         if (!pytext_is_space(cp))
@@ -155,13 +177,29 @@ int pytext_is_blank(const char *s, size_t len)
     return pytext_lstrip_len(s, len) == len;
 }
 
+/* 1 when a byte of w is below 0x20 or at least 0x80 (a possible line break). */
+static int word_may_break(uint64_t w)
+{
+    const uint64_t ones = 0x0101010101010101ull, highs = 0x8080808080808080ull;
+    return ((w - ones * 0x20) | w) & highs ? 1 : 0;
+}
+
 size_t pytext_next_line(const char *s, size_t len, size_t pos, size_t *line_len)
 {
     const unsigned char *u = (const unsigned char *)s;
     size_t i = pos;
     /* Byte scan: every break is either one ASCII control byte or one of the sequences
-     * C2 85, E2 80 A8, E2 80 A9, whose lead bytes never occur inside another sequence. */
+     * C2 85, E2 80 A8, E2 80 A9, whose lead bytes never occur inside another sequence.
+     * Eight plain printable ASCII bytes are skipped at once. */
     while (i < len) {
+        if (i + 8 <= len) {
+            uint64_t w;
+            memcpy(&w, u + i, 8);
+            if (!word_may_break(w)) {
+                i += 8;
+                continue;
+            }
+        }
         unsigned char b = u[i];
         if (b < 0x20) {
             if ((b >= 0x0A && b <= 0x0D) || (b >= 0x1C && b <= 0x1E)) {
@@ -211,6 +249,14 @@ int pytext_is_valid_utf8(const char *s, size_t len)
     const unsigned char *u = (const unsigned char *)s;
     size_t i = 0;
     while (i < len) {
+        if (i + 8 <= len) {         /* eight ASCII bytes at a time */
+            uint64_t w;
+            memcpy(&w, u + i, 8);
+            if (!(w & 0x8080808080808080ull)) {
+                i += 8;
+                continue;
+            }
+        }
         if (u[i] < 0x80) {
             i++;
             continue;
