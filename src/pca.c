@@ -426,27 +426,47 @@ void pca_transform(const pca_model *m, const double *x, int whiten, double *y)
     size_t F = m->feature_count, k = m->k;
     for (size_t c = 0; c < k; c++)
         y[c] = 0.0;
-    if (k == 4) {                         /* the default: four accumulators, one pass */
+    if (k == 4) {
+        /* The default: one pass over x, two accumulators per component (even and odd
+         * j) so that the additions do not wait on each other. */
         const double *c0 = m->components, *c1 = c0 + F, *c2 = c1 + F, *c3 = c2 + F;
-        double s0 = 0, s1 = 0, s2 = 0, s3 = 0;
-        for (size_t j = 0; j < F; j++) {
-            double dx = x[j] - m->mean[j];
-            s0 += c0[j] * dx;
-            s1 += c1[j] * dx;
-            s2 += c2[j] * dx;
-            s3 += c3[j] * dx;
+        const double *mu = m->mean;
+        double a0 = 0, a1 = 0, a2 = 0, a3 = 0, b0 = 0, b1 = 0, b2 = 0, b3 = 0;
+        size_t j = 0;
+        for (; j + 2 <= F; j += 2) {
+            double d0 = x[j] - mu[j], d1 = x[j + 1] - mu[j + 1];
+            a0 += c0[j] * d0;
+            b0 += c0[j + 1] * d1;
+            a1 += c1[j] * d0;
+            b1 += c1[j + 1] * d1;
+            a2 += c2[j] * d0;
+            b2 += c2[j + 1] * d1;
+            a3 += c3[j] * d0;
+            b3 += c3[j + 1] * d1;
         }
-        y[0] = s0;
-        y[1] = s1;
-        y[2] = s2;
-        y[3] = s3;
+        if (j < F) {
+            double d0 = x[j] - mu[j];
+            a0 += c0[j] * d0;
+            a1 += c1[j] * d0;
+            a2 += c2[j] * d0;
+            a3 += c3[j] * d0;
+        }
+        y[0] = a0 + b0;
+        y[1] = a1 + b1;
+        y[2] = a2 + b2;
+        y[3] = a3 + b3;
     } else {
         for (size_t c = 0; c < k; c++) {
             const double *comp = m->components + c * F;
-            double s = 0.0;
-            for (size_t j = 0; j < F; j++)
-                s += comp[j] * (x[j] - m->mean[j]);
-            y[c] = s;
+            double a = 0.0, b = 0.0;
+            size_t j = 0;
+            for (; j + 2 <= F; j += 2) {
+                a += comp[j] * (x[j] - m->mean[j]);
+                b += comp[j + 1] * (x[j + 1] - m->mean[j + 1]);
+            }
+            if (j < F)
+                a += comp[j] * (x[j] - m->mean[j]);
+            y[c] = a + b;
         }
     }
     if (whiten)
