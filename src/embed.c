@@ -460,32 +460,6 @@ static int table_alloc(descriptor_embedder *e, size_t cap)
     return 0;
 }
 
-static inline void add_feature(descriptor_embedder *e, uint64_t key)
-{
-    if (2 * (e->nused + 1) > e->cap &&
-        (e->cap >= TABLE_MAX || table_alloc(e, e->cap * 2) != 0)) {
-        e->failed = 1;
-        return;
-    }
-    size_t mask = e->cap - 1, slot = (size_t)key & mask;
-    uint32_t tag = (uint32_t)(key >> 48);
-    for (;;) {
-        uint32_t entry = e->table[slot];
-        if (!entry)
-            break;
-        if ((entry >> 16) == tag && e->fkeys[(entry & 0xFFFF) - 1] == key) {
-            e->fcounts[(entry & 0xFFFF) - 1]++;
-            return;
-        }
-        slot = (slot + 1) & mask;
-    }
-    size_t i = e->nused++;
-    e->table[slot] = (tag << 16) | (uint32_t)(i + 1);
-    e->fkeys[i] = key;
-    e->fcounts[i] = 1;
-    e->fslots[i] = (uint32_t)slot;
-}
-
 /*
  * The vector of a token sequence: every unigram and bigram counted, then
  * sign * (1 + ln count) per distinct feature, L2-normalised.
@@ -494,12 +468,55 @@ static int embed_tokens(descriptor_embedder *e, const token *toks, size_t n, dou
 {
     e->nused = 0;
     e->failed = 0;
-    for (size_t i = 0; i < n; i++) {
-        add_feature(e, toks[i].hash);
-        if (i > 0)
-            add_feature(e, mix64(toks[i - 1].hash * 0x9E3779B97F4A7C15ull + toks[i].hash +
-                                 SEED_BIGRAM));
+    /* Counting with the table state in locals (stores into the arrays cannot then be
+     * taken for changes of e's fields). */
+    size_t nused = 0, cap = e->cap, mask = cap - 1;
+    uint32_t *table = e->table, *fcounts = e->fcounts, *fslots = e->fslots;
+    uint64_t *fkeys = e->fkeys;
+    uint64_t prev = 0;
+    for (size_t i = 0; i < 2 * n; i++) {
+        uint64_t h = toks[i / 2].hash, key;
+        if (i & 1) {
+            key = h;
+        } else {
+            if (i == 0)
+                continue;            /* no bigram before the first token */
+            key = mix64(prev * 0x9E3779B97F4A7C15ull + h + SEED_BIGRAM);
+        }
+        prev = h;
+        if (2 * (nused + 1) > cap) {
+            e->nused = nused;
+            if (cap >= TABLE_MAX || table_alloc(e, cap * 2) != 0) {
+                e->failed = 1;
+                break;
+            }
+            cap = e->cap;
+            mask = cap - 1;
+            table = e->table;
+            fcounts = e->fcounts;
+            fslots = e->fslots;
+            fkeys = e->fkeys;
+        }
+        size_t slot = (size_t)key & mask;
+        uint32_t tag = (uint32_t)(key >> 48);
+        for (;;) {
+            uint32_t entry = table[slot];
+            if (!entry) {
+                table[slot] = (tag << 16) | (uint32_t)(nused + 1);
+                fkeys[nused] = key;
+                fcounts[nused] = 1;
+                fslots[nused] = (uint32_t)slot;
+                nused++;
+                break;
+            }
+            if ((entry >> 16) == tag && fkeys[(entry & 0xFFFF) - 1] == key) {
+                fcounts[(entry & 0xFFFF) - 1]++;
+                break;
+            }
+            slot = (slot + 1) & mask;
+        }
     }
+    e->nused = nused;
     size_t dims = e->dims;
     memset(out, 0, dims * sizeof *out);
     for (size_t i = 0; i < e->nused; i++) {

@@ -24,8 +24,8 @@ end
 
 local path = golden_path()
 if not path then
-  io.stderr:write("golden file preprocess_chunk.json not found; skipping\n")
-  return
+  error("golden file preprocess_chunk.json not found: expected ../shared/golden/ beside the "
+    .. "source tree, or set LORELEY_GOLDEN_DIR", 0)
 end
 local golden = cjson.decode(t.read(path))
 
