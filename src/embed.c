@@ -27,7 +27,6 @@
 #define SEED_BIGRAM 0x13198A2E03707344ull
 #define FNV_OFFSET 0xCBF29CE484222325ull
 #define FNV_PRIME 0x100000001B3ull
-#define TOKEN_TEXT_MAX 256                  /* token text kept for descriptor_tokens */
 
 static inline uint64_t mix64(uint64_t z)
 {
@@ -89,22 +88,17 @@ static void init_tables(void)
 
 typedef struct token {
     uint64_t hash;
-    size_t offset;              /* byte offset of the token in the tokenized text */
+    size_t start, end;          /* the token's bytes in the tokenized text */
 } token;
 
+/* Tokens are collected into toks; the bytes of the current one are hashed on the fly. */
 typedef struct tokenizer {
     size_t count;
-    /* the token being built */
     uint64_t h, word;
     size_t nb, start;
-    /* descriptor_tokens only */
-    void (*fn)(const char *token, size_t len, void *ctx);
-    void *ctx;
-    char text[TOKEN_TEXT_MAX];
-    /* the embedding: tokens collected here */
     token *toks;
     size_t cap;
-    int collect, failed;
+    int failed;
 } tokenizer;
 
 static inline void tok_begin(tokenizer *t, size_t offset)
@@ -117,8 +111,6 @@ static inline void tok_begin(tokenizer *t, size_t offset)
 
 static inline void tok_byte(tokenizer *t, unsigned char b)
 {
-    if (t->fn && t->nb < TOKEN_TEXT_MAX)
-        t->text[t->nb] = (char)b;
     t->word |= (uint64_t)b << (8 * (t->nb & 7));
     if ((++t->nb & 7) == 0) {
         t->h = (t->h ^ t->word) * 0xFF51AFD7ED558CCDull;
@@ -154,27 +146,25 @@ static void tok_cp(tokenizer *t, uint32_t cp)
     }
 }
 
-static void tok_end(tokenizer *t)
+/* Ends the current token at byte `end`: its hash is the bytes' (lower-cased) hash. */
+static void tok_end(tokenizer *t, size_t end)
 {
     uint64_t hash = mix64(t->h ^ t->word ^ ((uint64_t)t->nb << 56));
-    if (t->fn)
-        t->fn(t->text, t->nb < TOKEN_TEXT_MAX ? t->nb : TOKEN_TEXT_MAX, t->ctx);
-    if (t->collect) {
-        if (t->count == t->cap) {
-            size_t nc = t->cap ? t->cap * 2 : 1024;
-            token *p = realloc(t->toks, nc * sizeof *p);
-            if (!p) {
-                t->failed = 1;
-                t->count++;
-                return;
-            }
-            t->toks = p;
-            t->cap = nc;
+    if (t->count == t->cap) {
+        size_t nc = t->cap ? t->cap * 2 : 1024;
+        token *p = realloc(t->toks, nc * sizeof *p);
+        if (!p) {
+            t->failed = 1;
+            t->count++;
+            return;
         }
-        t->toks[t->count].hash = hash;
-        t->toks[t->count].offset = t->start;
+        t->toks = p;
+        t->cap = nc;
     }
-    t->count++;
+    token *k = &t->toks[t->count++];
+    k->hash = hash;
+    k->start = t->start;
+    k->end = end;
 }
 
 /* Class of a decoded non-ASCII code point inside an identifier. */
@@ -217,7 +207,7 @@ static size_t scan_identifier(tokenizer *t, const unsigned char *s, size_t len, 
         int ncls = next < len ? ident_char(s, len, next, &ncp, &nk) : C_SPACE;
         if (cls == C_UNDER) {
             if (in_word)
-                tok_end(t);
+                tok_end(t, pos);
             in_word = 0;
         } else {
             int boundary = 0;
@@ -230,7 +220,7 @@ static size_t scan_identifier(tokenizer *t, const unsigned char *s, size_t len, 
                     boundary = 1;   /* "HTTPServer": the capital before "erver" */
             }
             if (boundary)
-                tok_end(t);
+                tok_end(t, pos);
             if (t->count >= max)
                 return next;
             if (!in_word || boundary)
@@ -259,7 +249,7 @@ static size_t scan_identifier(tokenizer *t, const unsigned char *s, size_t len, 
         cls = ncls;
     }
     if (in_word && t->count < max)
-        tok_end(t);
+        tok_end(t, pos);
     return pos;
 }
 
@@ -278,7 +268,7 @@ static size_t split_ascii_identifier(tokenizer *t, const unsigned char *s, size_
         }
         if (cls == C_UNDER) {
             if (in_word)
-                tok_end(t);
+                tok_end(t, i);
             in_word = 0;
             prev = cls;
             continue;
@@ -294,7 +284,7 @@ static size_t split_ascii_identifier(tokenizer *t, const unsigned char *s, size_
                 boundary = 1;
         }
         if (boundary)
-            tok_end(t);
+            tok_end(t, i);
         if (t->count >= max)
             return end;
         if (!in_word || boundary)
@@ -304,7 +294,7 @@ static size_t split_ascii_identifier(tokenizer *t, const unsigned char *s, size_
         prev = cls;
     }
     if (in_word && t->count < max)
-        tok_end(t);
+        tok_end(t, end);
     return end;
 }
 
@@ -355,7 +345,7 @@ static void tokenize(tokenizer *t, const char *text, size_t len, size_t max)
                     break;
                 pos++;
             }
-            tok_end(t);
+            tok_end(t, pos);
             break;
         }
         case C_LOWER:
@@ -389,7 +379,7 @@ static void tokenize(tokenizer *t, const char *text, size_t len, size_t max)
             tok_begin(t, pos);
             for (size_t i = 0; i < ol; i++)
                 tok_byte(t, s[pos + i]);
-            tok_end(t);
+            tok_end(t, pos + ol);
             pos += ol;
             break;
         }
@@ -402,9 +392,47 @@ void descriptor_tokens(const char *text, size_t len,
 {
     tokenizer t;
     memset(&t, 0, sizeof t);
-    t.fn = fn;
-    t.ctx = ctx;
     tokenize(&t, text, len, DESCRIPTOR_MAX_CHUNK_TOKENS);
+    /* The text of each token: its bytes, lower-cased, split exactly where it was hashed. */
+    descriptor_buf b = { 0 };
+    size_t n = t.failed ? 0 : t.count;
+    for (size_t i = 0; i < n; i++) {
+        const unsigned char *s = (const unsigned char *)text;
+        size_t pos = t.toks[i].start, end = t.toks[i].end;
+        b.len = 0;
+        while (pos < end) {
+            uint32_t cp, second;
+            size_t k = s[pos] < 0x80 ? (cp = s[pos], 1) : pytext_decode(s + pos, end - pos, &cp);
+            uint32_t v[2] = { pytext_lower(cp, &second), 0 };
+            v[1] = second;
+            for (int c = 0; c < 2 && v[c]; c++) {
+                char enc[4];
+                size_t el = 0;
+                if (v[c] < 0x80) {
+                    enc[el++] = (char)v[c];
+                } else if (v[c] < 0x800) {
+                    enc[el++] = (char)(0xC0 | (v[c] >> 6));
+                    enc[el++] = (char)(0x80 | (v[c] & 0x3F));
+                } else if (v[c] < 0x10000) {
+                    enc[el++] = (char)(0xE0 | (v[c] >> 12));
+                    enc[el++] = (char)(0x80 | ((v[c] >> 6) & 0x3F));
+                    enc[el++] = (char)(0x80 | (v[c] & 0x3F));
+                } else {
+                    enc[el++] = (char)(0xF0 | (v[c] >> 18));
+                    enc[el++] = (char)(0x80 | ((v[c] >> 12) & 0x3F));
+                    enc[el++] = (char)(0x80 | ((v[c] >> 6) & 0x3F));
+                    enc[el++] = (char)(0x80 | (v[c] & 0x3F));
+                }
+                if (descriptor_buf_append(&b, enc, el) != 0)
+                    goto out;
+            }
+            pos += k;
+        }
+        fn(b.len ? b.data : "", b.len, ctx);
+    }
+out:
+    descriptor_buf_free(&b);
+    free(t.toks);
 }
 
 /* ---- feature counting -------------------------------------------------------------------- */
@@ -553,7 +581,6 @@ descriptor_embedder *descriptor_embedder_new(size_t dimensions)
         descriptor_embedder_free(e);
         return NULL;
     }
-    e->tok.collect = 1;
     for (int c = 1; c < 64; c++)
         e->log_table[c] = 1.0 + log((double)c);
     return e;
