@@ -552,7 +552,11 @@ static int embed_tokens(descriptor_embedder *e, const token *toks, size_t n, dou
         uint32_t c = e->fcounts[i];
         double w = c < 64 ? e->log_table[c] : 1.0 + log((double)c);
         size_t bucket = (size_t)(((key >> 32) * (uint64_t)dims) >> 32);
-        out[bucket] += (key & 1) ? -w : w;
+        uint64_t bits;                   /* the sign of bit 0, without a branch */
+        memcpy(&bits, &w, sizeof bits);
+        bits ^= (key & 1) << 63;
+        memcpy(&w, &bits, sizeof w);
+        out[bucket] += w;
         e->table[e->fslots[i]] = 0;  /* clear as we go: empty for the next chunk */
     }
     e->nused = 0;
