@@ -253,51 +253,6 @@ static size_t scan_identifier(tokenizer *t, const unsigned char *s, size_t len, 
     return pos;
 }
 
-/* Emits the words of the ASCII identifier s[pos..end) (same rules as scan_identifier). */
-static size_t split_ascii_identifier(tokenizer *t, const unsigned char *s, size_t pos,
-                                     size_t end, size_t max)
-{
-    int in_word = 0, prev = C_UNDER;
-    for (size_t i = pos; i < end; i++) {
-        unsigned char b = s[i];
-        int cls = byte_class[b];
-        if (cls == C_LOWER && in_word && prev != C_DIGIT) {
-            tok_byte(t, b);          /* the common case: a word goes on */
-            prev = C_LOWER;
-            continue;
-        }
-        if (cls == C_UNDER) {
-            if (in_word)
-                tok_end(t, i);
-            in_word = 0;
-            prev = cls;
-            continue;
-        }
-        int boundary = 0;
-        if (in_word) {
-            if ((cls == C_DIGIT) != (prev == C_DIGIT))
-                boundary = 1;
-            else if (cls == C_UPPER && prev == C_LOWER)
-                boundary = 1;
-            else if (cls == C_UPPER && prev == C_UPPER && i + 1 < end &&
-                     byte_class[s[i + 1]] == C_LOWER)
-                boundary = 1;
-        }
-        if (boundary)
-            tok_end(t, i);
-        if (t->count >= max)
-            return end;
-        if (!in_word || boundary)
-            tok_begin(t, i);
-        in_word = 1;
-        tok_byte(t, (unsigned char)(cls == C_UPPER ? b + 32 : b));
-        prev = cls;
-    }
-    if (in_word && t->count < max)
-        tok_end(t, end);
-    return end;
-}
-
 static const char OPERATORS3[][4] = { "...", "===", "!==", "<<=", ">>=", "**=", "//=", "<=>",
                                       ">>>" };
 static const char OPERATORS2[][3] = { "==", "!=", "<=", ">=", "&&", "||", "->", "=>", "::",
@@ -324,8 +279,41 @@ static void tokenize(tokenizer *t, const char *text, size_t len, size_t max)
 {
     init_tables();
     const unsigned char *s = (const unsigned char *)text;
-    size_t pos = 0;
-    while (pos < len && t->count < max) {
+    /* The hot state lives in locals (stores into the token array cannot be mistaken for
+     * changes of it); t is synchronised around the rare non-ASCII identifiers. */
+    token *toks = t->toks;
+    size_t cap = t->cap, count = t->count;
+    uint64_t h = 0, word = 0;
+    size_t nb = 0, start = 0, pos = 0;
+#define TOK_BEGIN(off) (h = SEED_TOKEN, word = 0, nb = 0, start = (off))
+#define TOK_BYTE(byte)                                                                   \
+    do {                                                                                 \
+        word |= (uint64_t)(byte) << (8 * (nb & 7));                                      \
+        if ((++nb & 7) == 0) {                                                           \
+            h = (h ^ word) * 0xFF51AFD7ED558CCDull;                                      \
+            h ^= h >> 32;                                                                \
+            word = 0;                                                                    \
+        }                                                                                \
+    } while (0)
+#define TOK_END(endpos)                                                                  \
+    do {                                                                                 \
+        if (count == cap) {                                                              \
+            size_t nc_ = cap ? cap * 2 : 1024;                                           \
+            token *p_ = realloc(toks, nc_ * sizeof *p_);                                 \
+            if (!p_) {                                                                   \
+                t->failed = 1;                                                           \
+                goto done;                                                               \
+            }                                                                            \
+            toks = p_;                                                                   \
+            cap = nc_;                                                                   \
+        }                                                                                \
+        toks[count].hash = mix64(h ^ word ^ ((uint64_t)nb << 56));                       \
+        toks[count].start = start;                                                       \
+        toks[count].end = (endpos);                                                      \
+        if (++count >= max)                                                              \
+            goto done;                                                                   \
+    } while (0)
+    while (pos < len) {
         unsigned char b = s[pos];
         switch (byte_class[b]) {
         case C_SPACE:
@@ -333,41 +321,90 @@ static void tokenize(tokenizer *t, const char *text, size_t len, size_t max)
             while (pos < len && s[pos] == ' ')
                 pos++;
             break;
-        case C_DIGIT: {
-            tok_begin(t, pos);
+        case C_DIGIT:
+            TOK_BEGIN(pos);
             while (pos < len) {
                 int c = byte_class[s[pos]];
                 if (c == C_DIGIT || c == C_LOWER || c == C_UNDER || s[pos] == '.')
-                    tok_byte(t, s[pos]);
+                    TOK_BYTE(s[pos]);
                 else if (c == C_UPPER)
-                    tok_byte(t, (unsigned char)(s[pos] + 32));
+                    TOK_BYTE(s[pos] + 32);
                 else
                     break;
                 pos++;
             }
-            tok_end(t, pos);
+            TOK_END(pos);
             break;
-        }
         case C_LOWER:
         case C_UPPER:
         case C_UNDER: {
-            /* ASCII run first; anything else in it takes the general scanner. */
             size_t end = pos;
             while (end < len && ident_ascii[s[end]])
                 end++;
-            if (end < len && s[end] >= 0x80)
+            if (end < len && s[end] >= 0x80) {
+                t->toks = toks;              /* a non-ASCII identifier: general scanner */
+                t->cap = cap;
+                t->count = count;
                 pos = scan_identifier(t, s, len, pos, max);
-            else
-                pos = split_ascii_identifier(t, s, pos, end, max);
+                toks = t->toks;
+                cap = t->cap;
+                count = t->count;
+                if (t->failed || count >= max)
+                    goto done;
+                break;
+            }
+            /* Words of the ASCII identifier s[pos..end): breaks at '_', lower->Upper,
+             * Upper->Upper+lower and letter<->digit (as scan_identifier). */
+            int in_word = 0, prev = C_UNDER;
+            for (size_t i = pos; i < end; i++) {
+                unsigned char c = s[i];
+                int cls = byte_class[c];
+                if (cls == C_LOWER && in_word && prev != C_DIGIT) {
+                    TOK_BYTE(c);             /* the common case: the word goes on */
+                    prev = C_LOWER;
+                    continue;
+                }
+                if (cls == C_UNDER) {
+                    if (in_word)
+                        TOK_END(i);
+                    in_word = 0;
+                    prev = cls;
+                    continue;
+                }
+                if (in_word && (((cls == C_DIGIT) != (prev == C_DIGIT)) ||
+                                (cls == C_UPPER && prev == C_LOWER) ||
+                                (cls == C_UPPER && prev == C_UPPER && i + 1 < end &&
+                                 byte_class[s[i + 1]] == C_LOWER))) {
+                    TOK_END(i);
+                    in_word = 0;
+                }
+                if (!in_word)
+                    TOK_BEGIN(i);
+                in_word = 1;
+                TOK_BYTE(cls == C_UPPER ? c + 32 : c);
+                prev = cls;
+            }
+            if (in_word)
+                TOK_END(end);
+            pos = end;
             break;
         }
         case C_HIGH: {
             uint32_t cp;
             size_t k = pytext_decode(s + pos, len - pos, &cp);
-            if (cp == PYTEXT_INVALID || pytext_is_space(cp))
+            if (cp == PYTEXT_INVALID || pytext_is_space(cp)) {
                 pos += k;
-            else
-                pos = scan_identifier(t, s, len, pos, max);
+                break;
+            }
+            t->toks = toks;
+            t->cap = cap;
+            t->count = count;
+            pos = scan_identifier(t, s, len, pos, max);
+            toks = t->toks;
+            cap = t->cap;
+            count = t->count;
+            if (t->failed || count >= max)
+                goto done;
             break;
         }
         default: {
@@ -376,15 +413,22 @@ static void tokenize(tokenizer *t, const char *text, size_t len, size_t max)
                 pos++;               /* brackets, commas, quotes ...: separators */
                 break;
             }
-            tok_begin(t, pos);
+            TOK_BEGIN(pos);
             for (size_t i = 0; i < ol; i++)
-                tok_byte(t, s[pos + i]);
-            tok_end(t, pos + ol);
+                TOK_BYTE(s[pos + i]);
             pos += ol;
+            TOK_END(pos);
             break;
         }
         }
     }
+done:
+    t->toks = toks;
+    t->cap = cap;
+    t->count = count;
+#undef TOK_BEGIN
+#undef TOK_BYTE
+#undef TOK_END
 }
 
 void descriptor_tokens(const char *text, size_t len,
