@@ -275,6 +275,47 @@ static size_t operator_length(const unsigned char *s, size_t len, size_t pos)
 }
 
 /* Tokenizes text[0..len), at most max tokens (t->count counts them). */
+/* ---- eight bytes at a time (SWAR) ------------------------------------------------------ */
+
+#define ONES 0x0101010101010101ull
+#define HIGHS 0x8080808080808080ull
+
+static inline uint64_t load8(const unsigned char *p)
+{
+    uint64_t w;
+    memcpy(&w, p, 8);
+    return w;            /* little-endian hosts: byte i is bits 8i..8i+7 (checked below) */
+}
+
+/* 0x80 in each byte of w (all below 0x80) that lies in [lo, hi]. */
+static inline uint64_t bytes_between(uint64_t w, unsigned lo, unsigned hi)
+{
+    return (w + ONES * (0x80 - lo)) & ~(w + ONES * (0x7F - hi)) & HIGHS;
+}
+
+/* 0x80 in each identifier byte [A-Za-z0-9_] of w (all below 0x80). */
+static inline uint64_t ident_bytes(uint64_t w)
+{
+    uint64_t y = w ^ (ONES * 0x5F);
+    return bytes_between(w | (ONES * 0x20), 'a', 'z') | bytes_between(w, '0', '9') |
+           (~(y + ONES * 0x7F) & HIGHS);
+}
+
+/* 0x80 in each byte of w that is an upper-case letter, a digit or '_'. */
+static inline uint64_t non_lower_ident_bytes(uint64_t w)
+{
+    uint64_t y = w ^ (ONES * 0x5F);
+    return bytes_between(w, 'A', 'Z') | bytes_between(w, '0', '9') | (~(y + ONES * 0x7F) & HIGHS);
+}
+
+static int little_endian(void)
+{
+    const uint32_t one = 1;
+    unsigned char b;
+    memcpy(&b, &one, 1);
+    return b == 1;
+}
+
 static void tokenize(tokenizer *t, const char *text, size_t len, size_t max)
 {
     init_tables();
@@ -283,6 +324,7 @@ static void tokenize(tokenizer *t, const char *text, size_t len, size_t max)
      * changes of it); t is synchronised around the rare non-ASCII identifiers. */
     token *toks = t->toks;
     size_t cap = t->cap, count = t->count;
+    const int swar = little_endian();
     uint64_t h = 0, word = 0;
     size_t nb = 0, start = 0, pos = 0;
 #define TOK_BEGIN(off) (h = SEED_TOKEN, word = 0, nb = 0, start = (off))
@@ -339,8 +381,44 @@ static void tokenize(tokenizer *t, const char *text, size_t len, size_t max)
         case C_UPPER:
         case C_UNDER: {
             size_t end = pos;
-            while (end < len && ident_ascii[s[end]])
+            uint64_t unusual = 0;        /* upper case, digits or '_' seen in the run */
+            if (swar) {
+                while (end + 8 <= len) {
+                    uint64_t w = load8(s + end);
+                    if (w & HIGHS)
+                        break;
+                    uint64_t id = ident_bytes(w);
+                    uint64_t stop = ~id & HIGHS;
+                    if (stop) {
+                        size_t k = (size_t)__builtin_ctzll(stop) / 8;
+                        unusual |= non_lower_ident_bytes(w) & ((1ull << (8 * k)) - 1);
+                        end += k;
+                        goto run_end;
+                    }
+                    unusual |= non_lower_ident_bytes(w);
+                    end += 8;
+                }
+            }
+            while (end < len && ident_ascii[s[end]]) {
+                unusual |= s[end] < 'a' ? HIGHS : 0;
                 end++;
+            }
+        run_end:
+            if (!unusual && (end >= len || s[end] < 0x80)) {
+                /* One lower-case word: hash it eight bytes at a time. */
+                TOK_BEGIN(pos);
+                size_t i = pos;
+                for (; i + 8 <= end; i += 8) {
+                    h = (h ^ load8(s + i)) * 0xFF51AFD7ED558CCDull;
+                    h ^= h >> 32;
+                }
+                for (; i < end; i++)
+                    word |= (uint64_t)s[i] << (8 * ((i - pos) & 7));
+                nb = end - pos;
+                TOK_END(end);
+                pos = end;
+                break;
+            }
             if (end < len && s[end] >= 0x80) {
                 t->toks = toks;              /* a non-ASCII identifier: general scanner */
                 t->cap = cap;

@@ -287,6 +287,18 @@ static void test_embedding(void)
     }
     CHECK_NEAR(norm, 1.0, 1e-12);
     CHECK(nonzero >= 8);
+    /* the eight-bytes-at-a-time path (a lower-case word) and the general scanner (the
+     * same word before a non-ASCII separator) hash alike, for every word length */
+    for (size_t n = 1; n <= 20; n++) {
+        char ascii[40], uni[40];
+        memset(ascii, 'q', n);
+        memcpy(ascii + n, " x", 3);
+        memset(uni, 'q', n);
+        memcpy(uni + n, "\xe2\x80\xa8x", 5);
+        descriptor_embed_chunk(a, ascii, n + 2, va);
+        descriptor_embed_chunk(b, uni, n + 4, vb);
+        CHECK_MSG(memcmp(va, vb, sizeof va) == 0, "word of %zu letters", n);
+    }
     /* workspace (file at a time) and embed_files (chunk tables) agree bit for bit */
     const char *file = "import os\n\nclass A:\n    def run(self):\n        return os.getcwd()\n";
     descriptor_workspace *w = descriptor_workspace_new(256);
