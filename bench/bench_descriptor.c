@@ -71,38 +71,65 @@ static uint64_t next_u64(void)
     return rng_state;
 }
 
-/* A plausible 2,000-line Python-like source file: classes, functions, statements with
- * identifiers, numbers and operators, comments and blank lines (about 35 bytes/line). */
+/* A plausible 2,000-line Python source file, shaped like real code: classes, methods,
+ * assignments, calls, returns, control flow, comments, docstrings and blank lines;
+ * 36 bytes per line on average, as the Python standard library (35.6). */
 static char *make_file(int seed, size_t *len)
 {
     static const char *const words[] = { "value", "count", "index", "result", "buffer",
         "request", "handler", "parseHeader", "HTTPServer", "max_size", "total", "items",
-        "node", "left", "right", "config", "retry_count", "userId", "payload", "offset" };
+        "node", "left", "right", "config", "retry_count", "userId", "payload", "offset",
+        "name", "data", "key", "path", "self.state", "options", "response", "line" };
     const size_t nw = sizeof words / sizeof words[0];
     size_t cap = 200000, n = 0;
     char *buf = malloc(cap);
     rng_state ^= (uint64_t)seed * 0x9E3779B97F4A7C15ull;
+#define W(shift) words[(r >> (shift)) % nw]
     for (int line = 0; line < 2000; line++) {
         char tmp[256];
         int k;
         uint64_t r = next_u64();
-        if (line % 60 == 0)
-            k = snprintf(tmp, sizeof tmp, "class %s%d:\n", words[r % nw], line);
-        else if (line % 12 == 0)
-            k = snprintf(tmp, sizeof tmp, "    def %s_%d(self, %s, %s=%d):\n",
-                         words[r % nw], line, words[(r >> 8) % nw], words[(r >> 16) % nw],
-                         (int)(r % 100));
-        else if (line % 17 == 0)
-            k = snprintf(tmp, sizeof tmp, "        # %s %s\n", words[r % nw], words[(r >> 8) % nw]);
-        else if (line % 23 == 0)
+        switch (r % 16) {
+        case 0:
             k = snprintf(tmp, sizeof tmp, "\n");
-        else
-            k = snprintf(tmp, sizeof tmp, "        %s = self.%s[%d] + %s * %d.%d\n",
-                         words[r % nw], words[(r >> 8) % nw], (int)((r >> 16) % 64),
-                         words[(r >> 24) % nw], (int)((r >> 32) % 1000), (int)((r >> 40) % 10));
+            break;
+        case 1:
+            k = snprintf(tmp, sizeof tmp, "        %s = self._%s(%s, %s=%s)\n", W(8), W(16), W(24),
+                         W(32), W(40));
+            break;
+        case 2:
+            k = snprintf(tmp, sizeof tmp, "    def %s_%d(self, %s):\n", W(8), line % 97, W(16));
+            break;
+        case 3:
+            k = snprintf(tmp, sizeof tmp, "        # %s the %s\n", W(8), W(16));
+            break;
+        case 4:
+            k = snprintf(tmp, sizeof tmp, "        return %s\n", W(8));
+            break;
+        case 5:
+            k = snprintf(tmp, sizeof tmp, "        if %s is None:\n", W(8));
+            break;
+        case 6:
+            k = snprintf(tmp, sizeof tmp, "            %s = %s(%s)\n", W(8), W(16), W(24));
+            break;
+        case 7:
+            k = snprintf(tmp, sizeof tmp, "        \"\"\"Return the %s of %s.\"\"\"\n", W(8), W(16));
+            break;
+        case 8:
+            k = snprintf(tmp, sizeof tmp, "        for %s in %s:\n", W(8), W(16));
+            break;
+        case 9:
+            k = snprintf(tmp, sizeof tmp, "class %s%d:\n", W(8), line);
+            break;
+        default:
+            k = snprintf(tmp, sizeof tmp, "        %s = %s[%d] + %s.get(%s, %d)\n", W(8), W(16),
+                         (int)((r >> 32) % 64), W(24), W(48), (int)((r >> 40) % 100));
+            break;
+        }
         memcpy(buf + n, tmp, (size_t)k);
         n += (size_t)k;
     }
+#undef W
     *len = n;
     return buf;
 }
