@@ -154,6 +154,16 @@ static long long opt_int(lua_State *L, int idx, const char *key, long long def)
     return (long long)lmod_opt_integer(L, idx, key, (lua_Integer)def);
 }
 
+static void reducer_params_from(lua_State *L, int idx, reducer_params *p)
+{
+    reducer_params_init(p, opt_int(L, idx, "target_dims", 4),
+                        opt_int(L, idx, "min_fit_samples", 32),
+                        opt_int(L, idx, "history_size", 4096),
+                        opt_int(L, idx, "refit_interval", 50),
+                        lmod_opt_boolean(L, idx, "normalize", 1),
+                        lmod_opt_boolean(L, idx, "whiten", 0));
+}
+
 /*
  * Validates the options table at idx (nil = all defaults) and fills s->o. Unknown keys
  * and wrong types raise, naming the key.
@@ -199,6 +209,26 @@ static descriptor_options *check_options(lua_State *L, int idx, scratch *s, cons
         descriptor_options_set_keywords(o, items, (size_t)n) != 0)
         nomem(L);
     /* Type checks of the keys used elsewhere, so a mistake fails at once. */
+    reducer_params unused;
+    reducer_params_from(L, idx, &unused);
+    lmod_opt_boolean(L, idx, "clip", 1);
+    static const char *const bound_keys[] = { "lower_bounds", "upper_bounds" };
+    for (int b = 0; b < 2; b++) {
+        lua_getfield(L, idx, bound_keys[b]);
+        if (!lua_isnil(L, -1)) {
+            if (!lua_istable(L, -1))
+                luaL_error(L, "option '%s' must be an array of numbers, got %s", bound_keys[b],
+                           luaL_typename(L, -1));
+            for (size_t i = 1; i <= lua_objlen(L, -1); i++) {
+                lua_rawgeti(L, -1, (int)i);
+                if (lua_type(L, -1) != LUA_TNUMBER)
+                    luaL_error(L, "option '%s'[%d] must be a number, got %s", bound_keys[b],
+                               (int)i, luaL_typename(L, -1));
+                lua_pop(L, 1);
+            }
+        }
+        lua_pop(L, 1);
+    }
     lmod_opt_string(L, idx, "repo_root", NULL);
     lua_getfield(L, idx, "read");
     if (!lua_isnil(L, -1) && !lua_isfunction(L, -1))
@@ -208,16 +238,6 @@ static descriptor_options *check_options(lua_State *L, int idx, scratch *s, cons
         luaL_error(L, "option 'embed' must be a function, got %s", luaL_typename(L, -1));
     lua_pop(L, 2);
     return o;
-}
-
-static void reducer_params_from(lua_State *L, int idx, reducer_params *p)
-{
-    reducer_params_init(p, opt_int(L, idx, "target_dims", 4),
-                        opt_int(L, idx, "min_fit_samples", 32),
-                        opt_int(L, idx, "history_size", 4096),
-                        opt_int(L, idx, "refit_interval", 50),
-                        lmod_opt_boolean(L, idx, "normalize", 1),
-                        lmod_opt_boolean(L, idx, "whiten", 0));
 }
 
 /* Copies settings[from] (raw) into opts[to] when it is not nil. opts at -1. */

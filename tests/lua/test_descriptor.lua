@@ -47,6 +47,9 @@ t.case("misuse raises with the key named", function()
   t.raises(function() descriptor.preprocess({}, { max_files = "3" }) end, "max_files")
   t.raises(function() descriptor.preprocess({}, { excluded_globs = { 1 } }) end, "excluded_globs")
   t.raises(function() descriptor.preprocess({}, { read = 5 }) end, "'read' must be a function")
+  t.raises(function() descriptor.options({ mapelites_dimensionality_penultimate_normalize = "yes" }) end,
+    "normalize")
+  t.raises(function() descriptor.compute({}, { lower_bounds = { "a" } }) end, "lower_bounds")
   t.raises(function() descriptor.chunk({ { path = "a.py" } }, nil) end, "'content' must be a string")
   t.raises(function() descriptor.options({ mapelites_code_embedding_dimensions = 70000 }) end,
     "dimensions")
