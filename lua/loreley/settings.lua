@@ -191,6 +191,8 @@ local SPEC = {
   { "LORELEY_RECOVERY_GRACE_SECONDS", "loreley_recovery_grace_seconds", "float", 60.0,
     min = 0, finite = true },
   { "LORELEY_RESCHEDULE_OVERDUE", "loreley_reschedule_overdue", "bool", false },
+  -- descriptor: whiten the PCA scores (unit variance per component)
+  { "LORELEY_DIMENSION_REDUCTION_WHITEN", "loreley_dimension_reduction_whiten", "bool", false },
 }
 
 M.SPEC = SPEC
