@@ -24,6 +24,8 @@
 #include <time.h>
 #include <unistd.h>
 
+#include <luajit.h>
+
 #include "lmod.h"
 #include "log.h"
 #include "sha256.h"
@@ -638,6 +640,15 @@ static int run_lua_command(host *h, const char *module)
     return rc;
 }
 
+/* LORELEY_JIT: the trace compiler is off unless the setting turns it on. */
+static void apply_jit_setting(lua_State *L, int settings)
+{
+    lua_getfield(L, settings, "loreley_jit");
+    int on = lua_toboolean(L, -1);
+    lua_pop(L, 1);
+    luaJIT_setmode(L, 0, LUAJIT_MODE_ENGINE | (on ? LUAJIT_MODE_ON : LUAJIT_MODE_OFF));
+}
+
 static int apply_log_settings(lua_State *L, int settings, const host_options *o)
 {
     if (o->log_level)
@@ -665,6 +676,7 @@ static int host_run(host *h)
     if (load_settings(L) != 0)
         return HOST_EXIT_USAGE;
     apply_log_settings(L, lua_gettop(L), o);
+    apply_jit_setting(L, lua_gettop(L));
     h->settings_ref = luaL_ref(L, LUA_REGISTRYINDEX);
 
     if (o->mode == HOST_MODE_INIT_DB)

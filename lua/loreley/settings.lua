@@ -172,6 +172,11 @@ local SPEC = {
   { "MAPELITES_SAMPLER_INCLUDE_METADATA", "mapelites_sampler_include_metadata", "bool", true },
 
   -- host-only settings (not Loreley's; LORELEY_ prefix) ---------------------------------
+  -- LuaJIT's trace compiler. Off by default: Debian 12's LuaJIT 2.1.0-beta3 snapshot
+  -- miscompiled a trace of the scheduler loop (a SIGSEGV inside JIT code, seen in about
+  -- one run in three of the end-to-end test); the hot paths are C, so the interpreter
+  -- costs little.
+  { "LORELEY_JIT", "loreley_jit", "bool", false },
   { "LORELEY_SAMPLER_SEED", "loreley_sampler_seed", "int?", nil },
   -- loreley.git fetch: timeout and credentials (docs/git.md); repo:fetch also reads
   -- the LORELEY_GIT_* credential variables from the process environment itself

@@ -659,11 +659,17 @@ function M.schedule(ctx, unfinished, opts)
   return #created
 end
 
--- Stops the host when SCHEDULER_MAX_TOTAL_JOBS jobs exist and none is unfinished.
+-- Stops the host when SCHEDULER_MAX_TOTAL_JOBS jobs exist, none is unfinished and none
+-- waits to be ingested.
 function M.finish(ctx, unfinished)
   local max_total = ctx.settings.scheduler_max_total_jobs
   if not max_total or max_total <= 0 or (unfinished or 0) > 0 then return false end
   if remaining_total(ctx) > 0 then return false end
+  -- Jobs that succeeded since this tick's ingest are ingested before stopping.
+  local s = state(ctx)
+  local pending = check("find ingestable jobs", s.store:find_ingestable(1,
+    { max_attempts = ctx.settings.loreley_ingest_max_attempts }))
+  if #pending > 0 then return false end
   host.request_stop("reached max total jobs and all jobs finished; shutting down")
   return true
 end
