@@ -27,6 +27,7 @@
  * Shapes are documented in docs/descriptor.md.
  */
 #include <math.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
@@ -651,12 +652,10 @@ static void push_chunked(lua_State *L, scratch *s, const char *path, size_t plen
     for (size_t i = 0; i < s->chunks.count; i++) {
         const descriptor_chunk *ch = &s->chunks.items[i];
         lua_createtable(L, 0, 7);
+        char suffix[40];                 /* "<path>::chunk-%04d" */
+        int sl = snprintf(suffix, sizeof suffix, "::chunk-%04zu", i);
         lua_pushlstring(L, pure, pl);
-        lua_pushfstring(L, "::chunk-%s", "");
-        lua_concat(L, 2);
-        char idx[32];
-        snprintf(idx, sizeof idx, "%04zu", i);
-        lua_pushstring(L, idx);
+        lua_pushlstring(L, suffix, (size_t)sl);
         lua_concat(L, 2);
         lua_setfield(L, -2, "id");
         lua_pushnumber(L, (lua_Number)i);
