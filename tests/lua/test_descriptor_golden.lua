@@ -1,5 +1,5 @@
 -- ctest: labels=unit
--- loreley.descriptor against ../shared/golden/preprocess_chunk.json: every case, run
+-- loreley.descriptor against tests/golden/preprocess_chunk.json (from ../shared/golden): every case, run
 -- through the reference implementation, must give the same selection, preprocessed
 -- text, chunk ids, line ranges and contents. The only expected differences come from
 -- the deliberate `**` change (a `**` segment in an excluded glob matches any number of
@@ -8,25 +8,10 @@ local t = require "support.t"
 local cjson = require "cjson"
 local descriptor = require "loreley.descriptor"
 
-local function golden_path()
-  local candidates = {
-    t.source_dir .. "/../shared/golden/preprocess_chunk.json",
-    "/work/shared/golden/preprocess_chunk.json",
-  }
-  if os.getenv("LORELEY_GOLDEN_DIR") then
-    table.insert(candidates, 1, os.getenv("LORELEY_GOLDEN_DIR") .. "/preprocess_chunk.json")
-  end
-  for _, p in ipairs(candidates) do
-    if t.read(p) then return p end
-  end
-  return nil
-end
-
-local path = golden_path()
-if not path then
-  error("golden file preprocess_chunk.json not found: expected ../shared/golden/ beside the "
-    .. "source tree, or set LORELEY_GOLDEN_DIR", 0)
-end
+-- A copy of ../shared/golden/preprocess_chunk.json lives in tests/golden/, so the
+-- repository tests on its own (a clean clone in CI has no shared/ beside it).
+local path = (os.getenv("LORELEY_GOLDEN_DIR") or (t.source_dir .. "/tests/golden")) .. "/preprocess_chunk.json"
+if not t.read(path) then error("golden file not found: " .. path, 0) end
 local golden = cjson.decode(t.read(path))
 
 -- Paths the `**` difference excludes on top of the reference (case -> path -> reason).

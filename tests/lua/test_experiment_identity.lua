@@ -1,6 +1,6 @@
 -- ctest: labels=unit timeout=60
 -- Repository and experiment identity against every case of the golden file computed by
--- the reference (tests/lua/fixtures/golden/experiment_identity.json, a copy of
+-- the reference (tests/golden/experiment_identity.json, a copy of
 -- shared/golden): config snapshot text and SHA-256 at 331a15c and with the later
 -- non-finite encodings, remote URL normalisation, slugs and canonicalise_repository
 -- results at 331a15c and 5487812. No database needed.
@@ -10,7 +10,7 @@ local settings = require "loreley.settings"
 local experiment = require "loreley.experiment"
 local db = require "loreley.db"
 
-local golden_path = t.fixtures .. "/golden/experiment_identity.json"
+local golden_path = t.source_dir .. "/tests/golden/experiment_identity.json"
 local golden = cjson.decode((assert(t.read(golden_path), "missing " .. golden_path)))
 local dir = t.tmpdir()
 
