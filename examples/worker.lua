@@ -192,8 +192,11 @@ local function run(job)
     error(("evaluation failed (injected fault) for strategy %s"):format(strategy), 0)
   end
   local subject = ("%s: circle packing, sum of radii %.4f"):format(strategy, sum)
+  -- The job id in the message keeps two jobs that reach the same packing from making
+  -- the same commit object (commits.commit_hash is unique, §11.9).
   local hash = assert(repo:commit {
-    parent = base, files = { [problem.FILE] = content }, message = subject,
+    parent = base, files = { [problem.FILE] = content },
+    message = subject .. "\n\nLoreley-Job: " .. job.id .. "\n",
     author = settings.worker_evolution_commit_author,
     email = settings.worker_evolution_commit_email,
     ref = ("refs/heads/%s/%s"):format(prefix, job.id),

@@ -207,13 +207,21 @@ function M.bootstrap(ctx)
   local s = state(ctx)
   local island = M.island(ctx, s.default_island)
   if island.archive:stats().num_elites > 0 then return false end
-  local hash = bootstrap_commit(ctx)
-  local info = check("commit " .. hash, s.repo:commit_info(hash))
+  local hash, metrics, author, summary
+  if s.seams.bootstrap then
+    hash, metrics = s.seams.bootstrap(ctx, island)
+    author, summary = "loreley-host", "bootstrap"
+  else
+    hash = bootstrap_commit(ctx)
+    local info = check("commit " .. hash, s.repo:commit_info(hash))
+    author, summary = info.author, info.summary
+  end
   check("commits row for " .. hash, s.store:insert_commit {
-    commit_hash = hash, island_id = island.id, author = info.author,
-    message = info.summary, extra_context = { bootstrap = true },
+    commit_hash = hash, island_id = island.id, author = author,
+    message = summary, extra_context = { bootstrap = true },
   })
-  local outcome = M.ingest_commit(ctx, island.id, hash, {}, { bootstrap = true, treeish = hash })
+  local outcome = M.ingest_commit(ctx, island.id, hash, metrics or {},
+    { bootstrap = true, treeish = hash })
   if outcome.status_code and outcome.status_code > 0 then
     host.info("bootstrap: root commit %s is the first elite (cell %d)", hash:sub(1, 12),
       outcome.record.cell_index)
@@ -224,19 +232,34 @@ function M.bootstrap(ctx)
   return true
 end
 
+-- ctx.seams, when the runner sets it before init (the policy lab does), replaces the
+-- parts that touch the evolved repository:
+--   seams.repository = false       no git repository (seams.root names the experiment)
+--   seams.describe(ctx, island, commit_hash) -> measures | nil, message, kind
+--   seams.ensure_commit(ctx, commit_hash) -> true | nil, message
+--   seams.bootstrap(ctx, island) -> commit_hash, metrics   (the first elite)
 function M.init(ctx)
   local settings = ctx.settings
-  local s = { islands = {}, default_island = settings.mapelites_default_island_id }
+  local seams = ctx.seams or {}
+  local s = { islands = {}, default_island = settings.mapelites_default_island_id, seams = seams }
   if s.default_island == "" then s.default_island = "default" end
   ctx.loreley = s
-  s.root = repo_root(settings)
-  s.repo = git.open(s.root)
-  if not s.repo then error(("Scheduler repo %s is not a git repository."):format(s.root), 0) end
+  local remotes = {}
+  if seams.repository == false then
+    s.root = seams.root or "simulation"
+  else
+    s.root = repo_root(settings)
+    s.repo = git.open(s.root)
+    if not s.repo then error(("Scheduler repo %s is not a git repository."):format(s.root), 0) end
+    remotes = s.repo:remotes()
+  end
+  s.describe = seams.describe or M.describe_commit
+  s.ensure_commit = seams.ensure_commit or M.ensure_commit
   local url = db.settings_url(settings)
   s.conn = check("database", db.connect(url))
   check("schema", schema.ensure(s.conn, settings))
   s.experiment = check("experiment", experiment.setup(s.conn, {
-    root = s.root, remotes = s.repo:remotes(), settings = settings }))
+    root = s.root, remotes = remotes, settings = settings }))
   s.lock_key = experiment.leader_key(s.experiment.id)
   host.info("Using experiment id=%s repo=%s hash=%s", s.experiment.id, s.root,
     tostring(s.experiment.config_hash):sub(1, 8))
@@ -304,25 +327,38 @@ end
 -- persists the changed cell and the reducer state in one transaction (with `job_state`,
 -- the ingestion record of the job, when given). Returns the outcome:
 --   {status_code, delta, message?, reason?, record?, failed = bool}
+-- The default descriptor seam: the commit's changed files (git) through the island's
+-- descriptor pipeline and reducer. Returns measures, or nil, message, kind where kind
+-- is "failed" (an error: retried later), "skipped" (nothing to place) or nil (an early
+-- exit of §3.1, recorded with its message).
+function M.describe_commit(ctx, island, commit_hash)
+  local s = state(ctx)
+  local files, err = s.repo:changed_files(commit_hash)
+  if not files then
+    return nil, ("cannot list changed files of %s: %s"):format(commit_hash, err), "failed"
+  end
+  if #files == 0 then return nil, "No changed files detected for commit.", "skipped" end
+  island.opts.read = function(path, max_bytes) return s.repo:read(commit_hash, path, max_bytes) end
+  local ok, measures, info = pcall(descriptor.compute, files, island.opts, island.reducer, commit_hash)
+  island.opts.read = nil
+  if not ok then error(measures, 0) end
+  if not measures then return nil, info end
+  return measures
+end
+
 function M.ingest_commit(ctx, island_id, commit_hash, metrics, metadata, job_id, job_state)
   local s = state(ctx)
   local island = M.island(ctx, island_id)
   local outcome = { status_code = 0, delta = 0.0 }
-  local files, err = s.repo:changed_files(commit_hash)
-  if not files then
-    outcome.failed, outcome.reason = true, ("cannot list changed files of %s: %s"):format(commit_hash, err)
-    return outcome
+  local measures, why, kind = s.describe(ctx, island, commit_hash)
+  if kind == "failed" then
+    outcome.failed, outcome.reason = true, why
+  elseif kind == "skipped" then
+    outcome.skipped, outcome.reason = true, why
   end
-  if #files == 0 then
-    outcome.skipped, outcome.reason = true, "No changed files detected for commit."
-    return outcome
-  end
-  island.opts.read = function(path, max_bytes) return s.repo:read(commit_hash, path, max_bytes) end
-  local measures, info = descriptor.compute(files, island.opts, island.reducer, commit_hash)
-  island.opts.read = nil
   local fitness
   if not measures then
-    outcome.message = info
+    outcome.message = kind == nil and why or nil
   else
     fitness = M.resolve_fitness(metrics, ctx.settings)
     if fitness == nil then
@@ -391,7 +427,7 @@ end
 
 -- Makes sure the commit is in the scheduler's repository, fetching the job branches from
 -- origin when it is not (the reference's fallback never ran, §9 item 4).
-local function ensure_commit(ctx, hash)
+function M.ensure_commit(ctx, hash)
   local s = state(ctx)
   local present = s.repo:has_commit(hash)
   if present then return true end
@@ -463,7 +499,7 @@ function M.ingest(ctx)
         :format(job.commit_hash:sub(1, 80)))
     else
       job.commit_hash = job.commit_hash:lower()
-      local present, err = ensure_commit(ctx, job.commit_hash)
+      local present, err = s.ensure_commit(ctx, job.commit_hash)
       if not present then
         record_failure(s, job, err)
       else
