@@ -710,18 +710,27 @@ function M.finish(ctx, unfinished)
   return true
 end
 
--- The reference's tick (§6.4), with recovery first. Returns the counts.
-function M.tick(ctx)
+-- The reference's tick (§6.4), with recovery first; logs the summary and returns the
+-- counts. opts go to stages.schedule ({sampler = ..., island = ...}).
+function M.tick(ctx, opts)
   if not M.lead(ctx) then return { ingested = 0, dispatched = 0, scheduled = 0, unfinished = 0 } end
   ctx:stage("recover", M.recover)
   local ingested = ctx:stage("ingest", M.ingest)
   local dispatched = ctx:stage("dispatch", M.dispatch)
   local unfinished = ctx:stage("measure", M.measure)
-  local scheduled = ctx:stage("schedule", M.schedule, unfinished)
+  local scheduled = ctx:stage("schedule", M.schedule, unfinished, opts)
   local counts = { ingested = ingested, dispatched = dispatched, scheduled = scheduled,
     unfinished = unfinished + scheduled }
+  ctx:summary(counts)
   ctx:stage("finish", M.finish, counts.unfinished)
   return counts
+end
+
+-- The delay the default policies return: tick again soon while work flows, else the
+-- poll interval (nil).
+function M.next_delay(counts)
+  if counts.ingested + counts.dispatched + counts.scheduled > 0 then return 0.05 end
+  return nil
 end
 
 return M
