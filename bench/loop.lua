@@ -74,9 +74,18 @@ local function fill(ctx, n, salt)
   local rng = host.rng(42)
   local lower, upper = island.lower, island.upper
   local batch = {}
+  local cells = 1
+  for _, c in ipairs(island.shape) do cells = cells * c end
+  assert(n <= cells, "more elites than cells")
+  local stride = math.floor(cells / n)
   for i = 1, n do
-    local m = {}
-    for d = 1, #lower do m[d] = lower[d] + (upper[d] - lower[d]) * rng:random() end
+    -- the centre of a distinct cell, so n elites really are n elites
+    local k, m = (i - 1) * stride, {}
+    for d = #lower, 1, -1 do
+      local c = island.shape[d]
+      m[d] = lower[d] + (k % c + 0.5) * (upper[d] - lower[d]) / c
+      k = math.floor(k / c)
+    end
     batch[#batch + 1] = { commit_hash = fake_hash(i, salt), objective = rng:random(), measures = m,
       timestamp = 1.7e9 }
     if #batch == 10000 or i == n then
@@ -209,14 +218,15 @@ end
 
 -- 4. restart with 100,000 elites ready to schedule
 do
-  local ctx2 = new_ctx { MAPELITES_SAMPLER_DEFAULT_PRIORITY = "5" }   -- its own experiment
+  local big = { MAPELITES_SAMPLER_DEFAULT_PRIORITY = "5", MAPELITES_ARCHIVE_CELLS_PER_DIM = "32" }
+  local ctx2 = new_ctx(big)   -- its own experiment, on the default 32^4 grid
   fill(ctx2, quick and 30000 or 100000, "r")
   local n = ctx2.loreley.islands.main.archive:stats().num_elites
   stages.shutdown(ctx2)   -- the scheduler stops (and releases the leader lock)
   local xs = {}
   for _ = 1, quick and 2 or 5 do
     local t0 = host.now()
-    local ctx3 = new_ctx { MAPELITES_SAMPLER_DEFAULT_PRIORITY = "5" }
+    local ctx3 = new_ctx(big)
     local pick = ctx3.loreley.sampler:sample(stages.island(ctx3, "main").archive)
     assert(pick, "nothing to schedule after restart")
     xs[#xs + 1] = host.now() - t0
@@ -227,14 +237,20 @@ end
 
 -- 5. at scale: 10^6 elites and 10^5 unfinished jobs
 do
-  local ctx4 = new_ctx { MAPELITES_SAMPLER_DEFAULT_PRIORITY = "6", SCHEDULER_MAX_UNFINISHED_JOBS = "4" }
+  local ctx4 = new_ctx { MAPELITES_SAMPLER_DEFAULT_PRIORITY = "6", SCHEDULER_MAX_UNFINISHED_JOBS = "4",
+    MAPELITES_ARCHIVE_CELLS_PER_DIM = "32" }
   local island = stages.island(ctx4, "main")
   local rng = host.rng(5)
   local batch = {}
   local target = quick and 200000 or 1000000
+  local stride = math.floor(32 ^ 4 / target)
   for i = 1, target do
-    batch[#batch + 1] = { commit_hash = fake_hash(i, "s"), objective = rng:random(),
-      measures = { rng:uniform(-0.5, 0.5), rng:uniform(-0.5, 0.5), rng:uniform(-0.5, 0.5), rng:uniform(-0.5, 0.5) } }
+    local k, m = (i - 1) * stride, {}
+    for d = 4, 1, -1 do
+      m[d] = -0.5 + (k % 32 + 0.5) / 32
+      k = math.floor(k / 32)
+    end
+    batch[#batch + 1] = { commit_hash = fake_hash(i, "s"), objective = rng:random(), measures = m }
     if #batch == 20000 then island.archive:add_many(batch) batch = {} end
   end
   add_unfinished(ctx4, quick and 20000 or 100000)
