@@ -23,7 +23,8 @@
 --   store:load_reducer(island_id) -> rows | false
 --   store:save_island(island_id, config)  store:list_islands() -> islands
 -- Dispatch bookkeeping:
---   store:record_dispatch(job_id, redis_message_id)  store:record_dispatch_failure(job_id, err)
+--   store:record_dispatch(job_id, redis_message_id)  store:record_dispatches({{id, rid}, ...})
+--   store:record_dispatch_failure(job_id, err)
 --   store:find_stranded_queued(older_than_s, limit) -> jobs
 --   store:find_overdue_running(older_than_s, limit) -> jobs
 --
@@ -628,9 +629,30 @@ local function save_history(self, island_id, rows)
   return true
 end
 
--- Persists reducer:take_changes() incrementally, in one transaction: the projection when
--- it is present, the counter, one INSERT per appended history row, one DELETE for the rows
--- before trim_before_seq.
+local SQL_REDUCER_CHANGES = [[
+WITH state AS (
+  INSERT INTO loreley_reducer_state (experiment_id, island_id, projection, samples_since_fit)
+  VALUES ($1, $2, $3, $4)
+  ON CONFLICT (experiment_id, island_id) DO UPDATE SET
+    projection = CASE WHEN $5 THEN EXCLUDED.projection ELSE loreley_reducer_state.projection END,
+    samples_since_fit = EXCLUDED.samples_since_fit, updated_at = now()
+  RETURNING 1),
+appended AS (
+  INSERT INTO loreley_reducer_history (experiment_id, island_id, seq, commit_hash, vector)
+  SELECT $1, $2, $6, $7, $8 WHERE $6::bigint IS NOT NULL
+  ON CONFLICT (experiment_id, island_id, seq) DO UPDATE SET commit_hash = EXCLUDED.commit_hash,
+    vector = EXCLUDED.vector
+  RETURNING 1),
+trimmed AS (
+  DELETE FROM loreley_reducer_history
+  WHERE experiment_id = $1 AND island_id = $2 AND seq < $9
+  RETURNING 1)
+SELECT (SELECT count(*) FROM appended) AS appended, (SELECT count(*) FROM trimmed) AS trimmed]]
+
+-- Persists reducer:take_changes() incrementally: the projection when it is present, the
+-- counter, one INSERT per appended history row, one DELETE for the rows before
+-- trim_before_seq. The common case of an ingestion (at most one new row) is ONE
+-- statement; more rows go in one transaction.
 function Store:save_reducer_changes(island_id, changes)
   check_string(island_id, "island_id")
   if type(changes) ~= "table" then fail("changes must be a reducer:take_changes() table") end
@@ -641,6 +663,14 @@ function Store:save_reducer_changes(island_id, changes)
   local append = changes.append or {}
   for i, h in ipairs(append) do check_history_row(h, ("changes.append[%d]"):format(i)) end
   check_integer(changes.trim_before_seq, "changes.trim_before_seq", true)
+  if #append <= 1 then
+    local h = append[1] or {}
+    local rows, err, code = self.conn:query(SQL_REDUCER_CHANGES, self.experiment_id, island_id,
+      changes.projection or NULL, changes.samples_since_fit, changes.projection ~= nil,
+      h.seq or NULL, h.commit_hash or NULL, h.vector or NULL, changes.trim_before_seq or 0)
+    if not rows then return nil, err, code end
+    return true
+  end
   return self.conn:tx(function(c)
     local ok, err, code
     if changes.projection ~= nil then
@@ -775,6 +805,28 @@ function Store:record_dispatch(job_id, redis_message_id)
     redis_message_id)
   if not n then return nil, err, code end
   return n > 0
+end
+
+local SQL_DISPATCH_SENT_MANY = [[
+INSERT INTO loreley_dispatch (job_id, experiment_id, attempts, last_sent_at, redis_message_id)
+SELECT j.id, j.experiment_id, 1, now(), d.rid
+FROM unnest($2::uuid[], $3::text[]) AS d(job_id, rid)
+JOIN evolution_jobs j ON j.id = d.job_id AND j.experiment_id = $1
+ON CONFLICT (job_id) DO UPDATE SET attempts = loreley_dispatch.attempts + 1,
+  last_sent_at = now(), redis_message_id = EXCLUDED.redis_message_id, last_error = NULL,
+  updated_at = now()]]
+
+-- record_dispatch for many jobs in one statement: sent = { {job_id, redis_message_id}, ... }.
+-- Returns the number recorded.
+function Store:record_dispatches(sent)
+  if type(sent) ~= "table" then fail("sent must be an array of {job_id, redis_message_id}") end
+  if #sent == 0 then return 0 end
+  local ids, rids = {}, {}
+  for i, pair in ipairs(sent) do
+    ids[i] = check_uuid(pair[1], ("sent[%d][1]"):format(i))
+    rids[i] = check_string(pair[2], ("sent[%d][2]"):format(i))
+  end
+  return self.conn:exec(SQL_DISPATCH_SENT_MANY, self.experiment_id, ids, rids)
 end
 
 -- After a failed push: the error (the job stays QUEUED; find_stranded_queued finds it).
