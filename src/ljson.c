@@ -314,29 +314,23 @@ static void encode_table(encoder *e, int idx, int as_int)
         }
         jb_addchar(e, ']');
     } else {
-        /* Collect the keys (strings only), optionally sorted. */
-        size_t cap = 16, count = 0;
-        const char **keys = malloc(cap * sizeof *keys);
-        if (!keys)
-            luaL_error(L, "json.encode: out of memory");
+        /* Collect the keys (strings only), optionally sorted. The array lives in a
+         * userdata, so an error raised while encoding a value frees it with the GC. */
+        size_t count = 0;
         lua_pushnil(L);
         while (lua_next(L, idx)) {
             lua_pop(L, 1);
-            if (lua_type(L, -1) != LUA_TSTRING) {
-                free(keys);
+            if (lua_type(L, -1) != LUA_TSTRING)
                 luaL_error(L, "json.encode: object keys must be strings, got %s",
                            luaL_typename(L, -1));
-            }
-            if (count == cap) {
-                cap *= 2;
-                const char **grown = realloc(keys, cap * sizeof *keys);
-                if (!grown) {
-                    free(keys);
-                    luaL_error(L, "json.encode: out of memory");
-                }
-                keys = grown;
-            }
-            keys[count++] = lua_tostring(L, -1);   /* anchored: the key lives in the table */
+            count++;
+        }
+        const char **keys = lua_newuserdata(L, (count ? count : 1) * sizeof *keys);
+        size_t k = 0;
+        lua_pushnil(L);
+        while (lua_next(L, idx)) {
+            lua_pop(L, 1);
+            keys[k++] = lua_tostring(L, -1);   /* anchored: the key lives in the table */
         }
         if (e->sort_keys)
             qsort(keys, count, sizeof *keys, compare_keys);
@@ -359,7 +353,7 @@ static void encode_table(encoder *e, int idx, int as_int)
             lua_pop(L, 1);
             e->key = outer;
         }
-        free(keys);
+        lua_pop(L, 1);   /* the keys userdata */
         jb_addchar(e, '}');
     }
     lua_pushvalue(L, idx);

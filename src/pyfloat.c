@@ -28,12 +28,16 @@ void pyfloat_repr(double x, char *out, size_t size)
         snprintf(out, size, signbit(x) ? "-0.0" : "0.0");
         return;
     }
-    /* The shortest round-trip digits. A double that some string of <= 15 significant
-     * digits reads back to prints as that string padded with zeros at 15 digits (it is
-     * within half an ulp of it), so 15, 16, 17 are the only precisions to try; the
-     * trailing zeros are stripped below. */
+    /* The shortest round-trip digits. A normal double that some string of <= 15
+     * significant digits reads back to prints as that string padded with zeros at 15
+     * digits (it is within half an ulp of it, far less than half a unit of the 15th
+     * digit), so 15, 16, 17 are the only precisions to try; the trailing zeros are
+     * stripped below. */
     char sci[40];
-    for (int precision = 15; precision <= 17; precision++) {
+    /* Subnormals carry fewer significant bits, so shorter strings than the padded
+     * 15-digit one read back to them (5e-324): search those from one digit. */
+    int first = fabs(x) < 2.2250738585072014e-308 ? 1 : 15;
+    for (int precision = first; precision <= 17; precision++) {
         snprintf(sci, sizeof sci, "%.*e", precision - 1, x);
         if (strtod(sci, NULL) == x)
             break;
