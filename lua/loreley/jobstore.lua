@@ -519,7 +519,15 @@ end
 
 -- --- archive cells ---------------------------------------------------------------------
 
+-- Every elite can become a job's base, and evolution_jobs.base_commit_hash references
+-- commits: the cell's commit gets a commits row when it has none (a worker that wrote its
+-- result without one, a migrated elite). Only succeeded work reaches the archive, so this
+-- never races a worker's own insert of the same hash (§11 item 9).
 local SQL_UPSERT_CELL = [[
+WITH commit_row AS (
+  INSERT INTO commits (id, commit_hash, island_id, experiment_id, tags, extra_context)
+  VALUES (gen_random_uuid(), $4, $2, $1, '{}', '{}')
+  ON CONFLICT (commit_hash) DO NOTHING)
 INSERT INTO loreley_archive_cells (experiment_id, island_id, cell_index, commit_hash,
   objective, threshold, measures, solution, metadata, added_at)
 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)

@@ -261,8 +261,6 @@ function M.init(ctx)
   s.experiment = check("experiment", experiment.setup(s.conn, {
     root = s.root, remotes = remotes, settings = settings }))
   s.lock_key = experiment.leader_key(s.experiment.id)
-  host.info("Using experiment id=%s repo=%s hash=%s", s.experiment.id, s.root,
-    tostring(s.experiment.config_hash):sub(1, 8))
   if not take_leadership(ctx) then return end
   s.store = jobstore.new(s.conn, s.experiment.id)
   s.broker = check("broker", broker_mod.from_settings(settings, { lazy = true }))
