@@ -17,7 +17,7 @@ package.path = t.source_dir .. "/examples/?.lua;" .. package.path
 local setup = require "demo_setup"
 
 local TRIALS = tonumber(os.getenv("LORELEY_FAULT_TRIALS") or "") or 50
-local TOTAL = 120
+local TOTAL = 400
 local dir = t.tmpdir()
 local stack = setup.start(dir .. "/stack")
 local conn = assert(db.connect(stack.pg.url))
@@ -38,7 +38,8 @@ end
 
 local workers = {}
 for i = 1, 2 do
-  workers[i] = setup.spawn_worker(t.host_binary, env, { "--id", "fw" .. i }, dir .. "/w" .. i .. ".log")
+  workers[i] = setup.spawn_worker(t.host_binary, env, { "--id", "fw" .. i, "--job-seconds", "0.05" },
+    dir .. "/w" .. i .. ".log")
 end
 
 local rng = host.rng(os.getenv("LORELEY_FAULT_SEED") or "kill-9")
@@ -48,7 +49,7 @@ local started = host.now()
 for trial = 1, TRIALS do
   local pid = setup.spawn_host(t.host_binary, env, t.source_dir .. "/examples/policy.lua", log)
   -- a random moment: during start-up, a tick, or the sleep between ticks
-  local wait = rng:uniform(0.02, 0.8)
+  local wait = rng:uniform(0.05, 0.6)
   local st = sys.wait(pid, wait)
   if st then
     -- The host finished the run (all jobs done) before this kill: nothing to kill.
