@@ -10,7 +10,8 @@
 --   result = { name, seed, rows = {series rows}, complete = bool, stop_reason,
 --              jobs_done, sim_seconds, wall_seconds, ticks, tick_failures,
 --              workers = {started, succeeded, failed, skipped, dead_lettered},
---              csv_path, svg_path, heatmap_path, database }
+--              csv_path, svg_path, heatmap_path, database,
+--              profile = {tick_seconds, worker_seconds, stages = ctx.stats.stages} }
 --
 -- The run: a fresh database copied from the stack's template; settings loaded as the
 -- host loads them, with the run's overrides; the policy file loaded as the host loads
@@ -46,7 +47,7 @@ local M = {}
 M.MIN_STEP = 0.001        -- simulated seconds between two ticks, at least
 M.STALL_TICKS = 100       -- ticks without any activity and no job in flight
 M.MAX_TICK_FAILURES = 20  -- consecutive failing ticks before the run is abandoned
-M.ANALYZE_EVERY = 2000    -- ids issued between two ANALYZE runs (planner statistics)
+M.VACUUM_EVERY = 1000     -- ids issued between two VACUUM (ANALYZE) runs
 
 -- --- the world: what the landscape made, and what the scheduler has seen ---------------
 
@@ -198,7 +199,7 @@ local function loop(spec, state)
     state.world
   local poll = math.max(1.0, ctx.settings.scheduler_poll_interval_seconds)
   local quiet_ticks, failures, last_activity = 0, 0, -1
-  local next_analyze = M.ANALYZE_EVERY
+  local next_vacuum = M.VACUUM_EVERY
   local last_progress = 0
   while true do
     assert(clock:sync(state.conn))
@@ -237,11 +238,14 @@ local function loop(spec, state)
     if spec.max_sim_seconds and spec.max_sim_seconds > 0 and clock:now() >= spec.max_sim_seconds then
       return "time", ("simulated time limit reached (%g s)"):format(spec.max_sim_seconds)
     end
-    -- Planner statistics at fixed points of the run (autovacuum is off).
-    if clock.issued >= next_analyze then
-      next_analyze = clock.issued + M.ANALYZE_EVERY
-      assert(state.conn:script("ANALYZE"))
+    -- Autovacuum's work, at fixed points of the run (it is off on the lab's server): dead
+    -- row versions out of the partial indexes the tick queries scan, fresh statistics.
+    if clock.issued >= next_vacuum then
+      next_vacuum = clock.issued + M.VACUUM_EVERY
+      assert(state.conn:script("VACUUM (ANALYZE)"))
     end
+    local t0 = host.now()
+    state.tick_seconds = state.tick_seconds + (t0 - ctx.tick_started)
     fleet:wake()
     local activity = clock.issued + fleet.stats.started + world.seen
     if activity == last_activity and fleet:busy() == 0 then
@@ -255,6 +259,7 @@ local function loop(spec, state)
     end
     last_activity = activity
     fleet:run_until(clock:now() + math.max(delay or poll, M.MIN_STEP))
+    state.worker_seconds = state.worker_seconds + (host.now() - t0)
   end
 end
 
@@ -279,7 +284,8 @@ function M.execute(spec)
 
   local clock = clock_mod.new(spec.seed)
   local world = new_world(spec, clock, settings)
-  local state = { clock = clock, world = world, policy = policy, ticks = 0, tick_failures = 0 }
+  local state = { clock = clock, world = world, policy = policy, ticks = 0, tick_failures = 0,
+    tick_seconds = 0, worker_seconds = 0 }
   local restore_host = clock:install()
   local restore_path = prepend_path(spec.policy_path)
   math.randomseed(spec.seed)
@@ -332,6 +338,10 @@ function M.execute(spec)
     complete = (reason == "finished" or reason == "stopped" or reason == "budget"),
     sim_seconds = clock:now(), ticks = state.ticks, tick_failures = state.tick_failures,
     workers = state.fleet and state.fleet.stats, database = dbname,
+    -- wall-clock profile (not part of the outputs): seconds in ticks (per stage in
+    -- stages) and in the simulated workers
+    profile = { tick_seconds = state.tick_seconds, worker_seconds = state.worker_seconds,
+      stages = state.ctx and state.ctx.stats.stages or {} },
   }
   -- The final archive of the default island, for the heatmap.
   local s = state.ctx and state.ctx.loreley

@@ -110,6 +110,10 @@ function Stack:create_database(name)
     ok, err = conn:script(('ALTER DATABASE "%s" SET search_path = public, loreley_lab, pg_catalog')
       :format(name))
   end
+  if ok then
+    ok, err = conn:script(('ALTER DATABASE "%s" SET plan_cache_mode = force_generic_plan')
+      :format(name))
+  end
   if not ok then return nil, ("database %s: %s"):format(name, tostring(err)) end
   return url_for(self.pg_url, name)
 end
