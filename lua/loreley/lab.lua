@@ -171,17 +171,23 @@ local function fmt(v)
   return ("%.4g"):format(v)
 end
 
+-- Pads to a display width (the ± sign is two bytes, one column).
+local function pad(text, width)
+  local columns = #text:gsub("[\128-\191]", "")
+  return text .. (" "):rep(math.max(1, width - columns))
+end
+
 local function print_table(rows, budgets, policies, seeds)
   local width = 24
   for _, p in ipairs(policies) do width = math.max(width, #p + 2) end
   local out = {}
   for _, metric in ipairs(M.METRICS) do
     out[#out + 1] = ("%s (mean ± sd over %d seed%s)"):format(metric[2], seeds, seeds == 1 and "" or "s")
-    local header = { ("%-8s"):format("jobs") }
-    for _, p in ipairs(policies) do header[#header + 1] = ("%-" .. width .. "s"):format(p) end
-    out[#out + 1] = table.concat(header, "")
+    local header = { pad("jobs", 8) }
+    for _, p in ipairs(policies) do header[#header + 1] = pad(p, width) end
+    out[#out + 1] = (table.concat(header, ""):gsub("%s+$", ""))
     for _, budget in ipairs(budgets) do
-      local line = { ("%-8d"):format(budget) }
+      local line = { pad(tostring(budget), 8) }
       for _, p in ipairs(policies) do
         local cell = "n/a"
         for _, r in ipairs(rows) do
@@ -190,9 +196,9 @@ local function print_table(rows, budgets, policies, seeds)
             if r.n < seeds then cell = cell .. (" (%d runs)"):format(r.n) end
           end
         end
-        line[#line + 1] = ("%-" .. width .. "s"):format(cell)
+        line[#line + 1] = pad(cell, width)
       end
-      out[#out + 1] = table.concat(line, "")
+      out[#out + 1] = (table.concat(line, ""):gsub("%s+$", ""))
     end
     out[#out + 1] = ""
   end

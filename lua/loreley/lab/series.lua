@@ -19,7 +19,7 @@ M.COLUMNS = { "jobs", "sim_seconds", "qd_score", "coverage", "best_fitness", "ar
 
 M.PANELS = {
   { column = "qd_score", title = "QD score", ylabel = "QD score" },
-  { column = "coverage", title = "Coverage", ylabel = "fraction of cells" },
+  { column = "coverage", title = "Coverage (fraction of cells)", ylabel = "coverage" },
   { column = "best_fitness", title = "Best fitness", ylabel = "fitness" },
   { column = "archive_size", title = "Archive size", ylabel = "elites" },
 }
