@@ -231,7 +231,9 @@ local function loop(spec, state)
       spec.progress(world.seen, spec.jobs, clock:now())
     end
     if host.stop_requested() then
-      return world.seen >= spec.jobs and "finished" or "interrupted"
+      -- stages.finish asks through host.request_stop; a signal sets the flag directly
+      if state.stop_asked then return "finished" end
+      return "interrupted", "interrupted by a signal"
     end
     if delay == false then return "stopped" end
     if world.seen >= spec.jobs then return "budget" end
@@ -286,7 +288,16 @@ function M.execute(spec)
   local world = new_world(spec, clock, settings)
   local state = { clock = clock, world = world, policy = policy, ticks = 0, tick_failures = 0,
     tick_seconds = 0, worker_seconds = 0 }
-  local restore_host = clock:install()
+  local restore_clock = clock:install()
+  local real_request_stop = host.request_stop
+  host.request_stop = function(...)
+    state.stop_asked = true
+    return real_request_stop(...)
+  end
+  local function restore_host()
+    restore_clock()
+    host.request_stop = real_request_stop
+  end
   local restore_path = prepend_path(spec.policy_path)
   math.randomseed(spec.seed)
   local guarded = false
