@@ -275,6 +275,25 @@ local function describe_result(r)
       r.complete and "" or (" — stopped early: " .. tostring(r.message or r.stop_reason)))
 end
 
+-- Where the wall-clock time of a run went (--profile).
+local function profile_text(r)
+  local p = r.profile
+  local lines = { ("profile: %.2f s in %d ticks (%.3f ms a tick), %.2f s in the simulated "
+    .. "workers (%.3f ms a job), %.2f s elsewhere (database copy, clock, vacuum, outputs)"):format(p.tick_seconds,
+      r.ticks, r.ticks > 0 and p.tick_seconds / r.ticks * 1000 or 0, p.worker_seconds,
+      r.jobs_done > 0 and p.worker_seconds / r.jobs_done * 1000 or 0,
+      r.wall_seconds - p.tick_seconds - p.worker_seconds) }
+  local names = {}
+  for name in pairs(p.stages) do names[#names + 1] = name end
+  table.sort(names, function(a, b) return p.stages[a].seconds > p.stages[b].seconds end)
+  for _, name in ipairs(names) do
+    local st = p.stages[name]
+    lines[#lines + 1] = ("  stage %-10s %7d runs %8.2f s %8.3f ms a run"):format(name, st.runs,
+      st.seconds, st.runs > 0 and st.seconds / st.runs * 1000 or 0)
+  end
+  return table.concat(lines, "\n") .. "\n"
+end
+
 local function single_run(o, spec, stack)
   local bar
   if o.progress_file then
@@ -298,6 +317,7 @@ local function single_run(o, spec, stack)
   if not ok then return nil, "cannot write the run summary: " .. tostring(werr) end
   if not o.child then
     io.stdout:write(describe_result(r), (" (%.1f s)\n"):format(r.wall_seconds))
+    if o.profile then io.stdout:write(profile_text(r)) end
     io.stdout:write(("outputs: %s, %s%s\n"):format(r.csv_path, r.svg_path,
       r.heatmap_path and (", " .. r.heatmap_path) or ""))
   end

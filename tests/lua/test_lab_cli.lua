@@ -132,6 +132,15 @@ return { dims = 2, evaluate = function(g) return 1 - (g[1] - 0.7)^2 - (g[2] - 0.
   for i = 1, 2 do t.ok(a[1][i] >= 0 and a[1][i] <= 1) end
 end)
 
+t.case("the example landscape loads and passes its check", function()
+  local ls = assert(landscape.load(t.source_dir .. "/examples/lab_landscape.lua"))
+  t.eq(ls.name, "lab_landscape")
+  t.eq(ls.cells, 24)
+  t.ok(ls:check(3))
+  local f = ls:evaluate { 0.8, 0.5 }   -- on the ring
+  t.near(f, 1, 1e-12)
+end)
+
 -- Each broken landscape: the text, and what the report must say (file:line first).
 local BROKEN = {
   { "syntax", "return {\n  dims = 2,\n  evaluate = function(g) return 1 {2} end\n  root = 3,\n}\n",
@@ -257,6 +266,10 @@ t.case("series: CSV round trip and lookup at a budget", function()
   t.eq(series.at(back, 12).jobs, 10)
   t.eq(series.at(back, 17).jobs, 17)
   t.eq(series.at(back, 1000).jobs, 17)
+  -- an empty archive has no best fitness: written and read back as nan
+  local empty = assert(series.parse_csv(series.csv { { jobs = 0, sim_seconds = 0, qd_score = 0,
+    coverage = 0, best_fitness = 0 / 0, archive_size = 0 } }))
+  t.ok(empty[1].best_fitness ~= empty[1].best_fitness, "nan expected")
   local svg = series.svg({ { name = "a", rows = back } }, "t")
   local plots = 0
   for _ in svg:gmatch('<polyline class="series" data%-name="a"') do plots = plots + 1 end

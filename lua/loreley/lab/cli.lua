@@ -36,6 +36,7 @@ options:
   --keep-databases       keep each run's database (on the private server)
   --progress, --no-progress   force the progress bar on or off (default: on a terminal)
   --verbose, -v          keep the stages' INFO log (default: warnings and errors)
+  --profile              print where a run's wall-clock time went (stages, workers)
   --list-landscapes      print the built-in landscapes and exit
   --help, -h             print this help and exit
 
@@ -77,7 +78,7 @@ local VALUED = {
 local FLAGS = {
   ["--keep-databases"] = true, ["--progress"] = true, ["--no-progress"] = true,
   ["--verbose"] = true, ["-v"] = true, ["--list-landscapes"] = true, ["--help"] = true,
-  ["-h"] = true, ["--child"] = true,
+  ["-h"] = true, ["--child"] = true, ["--profile"] = true,
 }
 
 local SETTING_NAME = "^[A-Za-z_][A-Za-z0-9_]*$"
@@ -150,6 +151,7 @@ function M.parse(args)
       elseif name == "--list-landscapes" then o.list_landscapes = true
       elseif name == "--help" or name == "-h" then o.help = true
       elseif name == "--child" then o.child = true
+      elseif name == "--profile" then o.profile = true
       end
     else
       return nil, ("unknown option '%s'"):format(a)

@@ -207,6 +207,7 @@ local function loop(spec, state)
     ctx.tick_started = host.now()
     local ok, ret = xpcall(policy.tick, debug.traceback, ctx)
     ctx.last_tick_seconds = host.now() - ctx.tick_started
+    state.tick_seconds = state.tick_seconds + ctx.last_tick_seconds
     state.ticks = ctx.tick
     local delay, bad
     if ok then
@@ -247,8 +248,8 @@ local function loop(spec, state)
       assert(state.conn:script("VACUUM (ANALYZE)"))
     end
     local t0 = host.now()
-    state.tick_seconds = state.tick_seconds + (t0 - ctx.tick_started)
     fleet:wake()
+    state.worker_seconds = state.worker_seconds + (host.now() - t0)
     local activity = clock.issued + fleet.stats.started + world.seen
     if activity == last_activity and fleet:busy() == 0 then
       quiet_ticks = quiet_ticks + 1
@@ -260,6 +261,7 @@ local function loop(spec, state)
       quiet_ticks = 0
     end
     last_activity = activity
+    t0 = host.now()
     fleet:run_until(clock:now() + math.max(delay or poll, M.MIN_STEP))
     state.worker_seconds = state.worker_seconds + (host.now() - t0)
   end

@@ -55,6 +55,7 @@ function M.parse_csv(text)
       local row = {}
       for i, name in ipairs(header) do
         local v = tonumber(fields[i])
+        if fields[i] == "nan" then v = 0 / 0 end
         if v == nil and fields[i] ~= "" then
           return nil, ("line %d: '%s' is not a number (column %s)"):format(n, tostring(fields[i]), name)
         end
