@@ -73,9 +73,9 @@ local function mkdir_p(dir)
 end
 
 local function json_array_literal(list)
-  local parts = {}
-  for i, v in ipairs(list) do parts[i] = series.format_number(v) end
-  return "[" .. table.concat(parts, ",") .. "]"
+  local copy = {}
+  for i, v in ipairs(list) do copy[i] = v end
+  return json.encode(json.array(copy))
 end
 
 -- The setting overrides of every run: the landscape's measure space, the archive

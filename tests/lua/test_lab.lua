@@ -233,6 +233,13 @@ t.case("every example policy runs in the lab", function()
   end
 end)
 
+t.case("a policy requires the files beside it and gets its arguments, as under the host", function()
+  local r = simulate { "--jobs", "12", "--out", dir .. "/sibling",
+    FIXTURES .. "/sibling/policy_sibling.lua", "--", "--tag", "sibling" }
+  ok_run(r, "sibling policy")
+  t.match(r.stdout, "policy_sibling seed 1: 12/12 jobs")
+end)
+
 t.case("a policy that never schedules is reported as stalled (exit 1)", function()
   local r = simulate { "--jobs", "10", "--out", dir .. "/idle", FIXTURES .. "/policy_idle.lua" }
   t.eq(r.code, 1, r.stderr)

@@ -6,7 +6,7 @@
 --
 -- The file is read whole, its version is the first 12 hex digits of its SHA-256, a "#!"
 -- first line is skipped (line numbers kept), it is compiled with the chunk name
--- "@path" and run; it must return a table whose only keys are tick (a function,
+-- "@path" and run with its directory first on package.path; it must return a table whose only keys are tick (a function,
 -- required), init and shutdown (functions). The messages are the host's.
 local host = require "loreley.host"
 
@@ -24,7 +24,12 @@ function M.load(path)
   if text:sub(1, 2) == "#!" then text = text:gsub("^[^\n]*", "") end
   local chunk, err = loadstring(text, "@" .. path)
   if not chunk then return nil, tostring(err) end
+  -- As the host does, the policy's directory comes first on package.path, so it can
+  -- require the files beside it.
+  local saved = package.path
+  package.path = (path:match("^(.*/)[^/]*$") or "./") .. "?.lua;" .. saved
   local ok, value = xpcall(chunk, debug.traceback)
+  package.path = saved
   if not ok then return nil, tostring(value) end
   if type(value) ~= "table" then
     return nil, ("%s: a policy must return a table with a tick function, got %s")
