@@ -279,10 +279,11 @@ end
 local function profile_text(r)
   local p = r.profile
   local lines = { ("profile: %.2f s in %d ticks (%.3f ms a tick), %.2f s in the simulated "
-    .. "workers (%.3f ms a job), %.2f s elsewhere (database copy, clock, vacuum, outputs)"):format(p.tick_seconds,
-      r.ticks, r.ticks > 0 and p.tick_seconds / r.ticks * 1000 or 0, p.worker_seconds,
-      r.jobs_done > 0 and p.worker_seconds / r.jobs_done * 1000 or 0,
-      r.wall_seconds - p.tick_seconds - p.worker_seconds) }
+    .. "workers (%.3f ms a job), %.2f s vacuuming, %.2f s elsewhere (database copy, clock, "
+    .. "outputs)"):format(p.tick_seconds, r.ticks,
+      r.ticks > 0 and p.tick_seconds / r.ticks * 1000 or 0, p.worker_seconds,
+      r.jobs_done > 0 and p.worker_seconds / r.jobs_done * 1000 or 0, p.vacuum_seconds,
+      r.wall_seconds - p.tick_seconds - p.worker_seconds - p.vacuum_seconds) }
   local names = {}
   for name in pairs(p.stages) do names[#names + 1] = name end
   table.sort(names, function(a, b) return p.stages[a].seconds > p.stages[b].seconds end)

@@ -13,7 +13,9 @@
 -- virtual clock (loreley.lab.clock) and every migration, so runs start from identical
 -- files and never see each other's rows. Autovacuum is off on the private server: a
 -- vacuum at a wall-clock moment would change the physical row order that breaks ties
--- in a query without a total ORDER BY; the lab runs ANALYZE itself at fixed points.
+-- in a query without a total ORDER BY; the lab vacuums itself at fixed points of a run.
+-- Run databases use generic plans (plan_cache_mode): the tick queries are planned once
+-- per connection instead of at every execution, whatever the statistics say.
 local db = require "loreley.db"
 local sys = require "loreley.sys"
 local localstack = require "loreley.localstack"
