@@ -528,10 +528,12 @@ function M.main(args, settings)
       dir = tmp
     end
     stack, serr = stack_mod.start(dir)
-    if not stack then return fail(serr) end
-    ok, serr = stack:prepare()
-    if not ok then
-      stack:stop()
+    if stack then
+      ok, serr = stack:prepare()
+      if not ok then stack:stop() end
+    end
+    if not stack or not ok then
+      if tmp then sys.run { "rm", "-rf", tmp } end
       return fail(serr)
     end
   end

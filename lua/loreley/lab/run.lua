@@ -26,8 +26,8 @@
 -- The run ends when the policy stops the host (stages.finish at SCHEDULER_MAX_TOTAL_JOBS)
 -- or its tick returns false, when the scheduler has seen the outcome of `jobs` jobs,
 -- when nothing has happened for 100 ticks with no job in flight (stalled), after
--- max_sim_seconds, or on SIGINT/SIGTERM. Only the first two, or the budget, count as
--- complete.
+-- max_sim_seconds, after 20 failing ticks in a row, or on SIGINT/SIGTERM. Only the
+-- first two, or the budget, count as complete.
 local host = require "loreley.host"
 local sys = require "loreley.sys"
 local db = require "loreley.db"
