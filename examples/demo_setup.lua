@@ -3,7 +3,8 @@
 -- host and its workers at them.
 --
 --   local setup = require "demo_setup"
---   local stack = setup.start(dir)                -> {pg, redis, origin, root, dir}
+--   local stack = setup.start(dir[, {shared, keep, max_connections}])
+--                                                 -> {pg, redis, origin, root, dir}
 --   local env = setup.environment(stack, { SCHEDULER_MAX_TOTAL_JOBS = "20" })
 --   local pid = setup.spawn_worker(host_binary, env, {"--max-jobs", "5"}, log)
 local sys = require "loreley.sys"
@@ -37,7 +38,12 @@ end
 
 -- Creates the demo repository once: a bare origin (the workers' remote) holding one
 -- commit with packing.py, and the scheduler's clone of it. Returns origin, root.
-function M.create_repository(dir)
+-- opts.shared: the scheduler's clone borrows the origin's object store (git clone
+-- --shared: objects/info/alternates), so commits the workers write into the origin are
+-- visible to the scheduler without a fetch, as when both live on one machine. Without
+-- it the scheduler fetches each job branch, as against a remote origin.
+function M.create_repository(dir, opts)
+  opts = opts or {}
   local origin, root = dir .. "/origin.git", dir .. "/scheduler-repo"
   if sys.exists(root .. "/.git") and sys.exists(origin) then return origin, root end
   sys.run { "rm", "-rf", origin, root, dir .. "/seed" }
@@ -51,7 +57,11 @@ function M.create_repository(dir)
   git(seed, "add", "-A")
   git(seed, "commit", "-q", "-m", "Initial packing: a jittered grid")
   assert(sys.run({ "git", "clone", "-q", "--bare", seed, origin }, { env = GIT_ENV }))
-  assert(sys.run({ "git", "clone", "-q", origin, root }, { env = GIT_ENV }))
+  if opts.shared then
+    assert(sys.run({ "git", "clone", "-q", "--shared", origin, root }, { env = GIT_ENV }))
+  else
+    assert(sys.run({ "git", "clone", "-q", origin, root }, { env = GIT_ENV }))
+  end
   sys.run { "rm", "-rf", seed }
   return origin, root
 end
@@ -63,7 +73,7 @@ function M.start(dir, opts)
   local pg = assert(localstack.postgres { dir = dir .. "/postgres", keep = opts.keep,
     max_connections = opts.max_connections })
   local redis = assert(localstack.redis { dir = dir .. "/redis", keep = opts.keep })
-  local origin, root = M.create_repository(dir)
+  local origin, root = M.create_repository(dir, { shared = opts.shared })
   return { dir = dir, pg = pg, redis = redis, origin = origin, root = root }
 end
 

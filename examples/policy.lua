@@ -31,8 +31,8 @@ return {
     -- How much work is in flight (PENDING + QUEUED + RUNNING)?
     local unfinished = ctx:stage("measure", stages.measure)
     -- New jobs while there is room: a base elite and its inspirations from the archive.
-    -- (Try: stages.schedule(ctx, unfinished, { sampler = my_sampler }); see the other
-    -- examples for samplers that prefer fit or rarely-used elites.)
+    -- (stages.schedule(ctx, unfinished, { sampler = s }) takes another sampler: see
+    -- examples/policy_fitness.lua and examples/policy_curiosity.lua.)
     local scheduled = ctx:stage("schedule", stages.schedule, unfinished)
 
     ctx:summary { ingested = ingested, dispatched = dispatched, scheduled = scheduled,
@@ -45,6 +45,8 @@ return {
     -- again soon; when idle, wait the full interval.
     if ingested + dispatched + scheduled > 0 then return 0.05 end
   end,
+
+  -- (All of the tick above is also one call: `return stages.next_delay(stages.tick(ctx))`.)
 
   shutdown = stages.shutdown,
 }

@@ -91,7 +91,9 @@ local function start(job_id)
   local ok, err, code = conn:tx(function(c)
     local rows, qerr, qcode = c:query(START_SQL, job_id)
     if not rows then
-      if qcode == "55P03" then why = "lock conflict" return true end
+      -- NOWAIT: another transaction holds the row (the transaction is aborted now, so
+      -- it rolls back). Loreley's worker acks such a message and leaves the job alone.
+      if qcode == "55P03" then why = "lock conflict" end
       return nil, qerr, qcode
     end
     local row = rows[1]
@@ -112,7 +114,9 @@ local function start(job_id)
     job = row
     return true
   end)
-  if not ok then return nil, ("cannot start job %s: %s (%s)"):format(job_id, tostring(err), tostring(code)) end
+  if not ok and not why then
+    return nil, ("cannot start job %s: %s (%s)"):format(job_id, tostring(err), tostring(code))
+  end
   return job, why
 end
 

@@ -15,6 +15,7 @@
  *   db.null                      SQL NULL in rows and parameters (== cjson.null)
  *   db.json_encode(v) -> text    db.json_array(t) -> t marked as a JSON array
  *   db.float_repr(x) -> Python repr(float) text ("1e-06", "6.0", "-inf")
+ *   db.float_list_repr(list) -> "[1.0,2.5]" (finite numbers, as Python writes floats)
  *   db.iso(epoch) -> "2025-11-29T10:41:48.123456+00:00" (Python isoformat, UTC)
  *   db.lock_key(text) -> decimal int64 text (first 8 bytes of SHA-256, big-endian)
  *
@@ -52,6 +53,7 @@
 #include "host.h"
 #include "lmod.h"
 #include "log.h"
+#include "pyfloat.h"
 #include "sha256.h"
 
 #define CONN_TYPE "loreley.db.conn"
@@ -196,92 +198,15 @@ static void buffer_addc(lua_State *L, buffer *b, char c)
 
 /* --- numbers and times ------------------------------------------------------------------ */
 
-/*
- * Writes Python's repr() of a float into out (at least 32 bytes): the shortest digits that
- * read back to the same double, in fixed notation when the decimal exponent is in
- * (-4, 16], otherwise in scientific notation with a signed two-digit exponent.
- * Non-finite values give "inf", "-inf" and "nan".
- */
-static void float_repr(double x, char *out, size_t size)
-{
-    if (isnan(x)) {
-        snprintf(out, size, "nan");
-        return;
-    }
-    if (isinf(x)) {
-        snprintf(out, size, x < 0 ? "-inf" : "inf");
-        return;
-    }
-    if (x == 0) {
-        snprintf(out, size, signbit(x) ? "-0.0" : "0.0");
-        return;
-    }
-    char sci[40];
-    for (int precision = 1; precision <= 17; precision++) {
-        snprintf(sci, sizeof sci, "%.*e", precision - 1, x);
-        if (strtod(sci, NULL) == x)
-            break;
-    }
-    /* sci is "-d.ddde+XX": collect the digits and the exponent. */
-    char digits[24];
-    size_t nd = 0;
-    const char *p = sci;
-    int negative = *p == '-';
-    if (negative)
-        p++;
-    for (; *p && *p != 'e'; p++)
-        if (*p >= '0' && *p <= '9')
-            digits[nd++] = *p;
-    int exp10 = atoi(p + 1);
-    while (nd > 1 && digits[nd - 1] == '0')
-        nd--;
-    digits[nd] = '\0';
-    int decpt = exp10 + 1;   /* value = 0.DIGITS x 10^decpt */
-    char *o = out;
-    size_t left = size;
-#define PUT(c) do { if (left > 1) { *o++ = (c); left--; } } while (0)
-    if (negative)
-        PUT('-');
-    if (decpt > -4 && decpt <= 16) {
-        if (decpt <= 0) {
-            PUT('0');
-            PUT('.');
-            for (int i = 0; i < -decpt; i++)
-                PUT('0');
-            for (size_t i = 0; i < nd; i++)
-                PUT(digits[i]);
-        } else {
-            for (int i = 0; i < decpt; i++)
-                PUT((size_t)i < nd ? digits[i] : '0');
-            PUT('.');
-            if ((size_t)decpt < nd)
-                for (size_t i = (size_t)decpt; i < nd; i++)
-                    PUT(digits[i]);
-            else
-                PUT('0');
-        }
-        *o = '\0';
-    } else {
-        PUT(digits[0]);
-        if (nd > 1) {
-            PUT('.');
-            for (size_t i = 1; i < nd; i++)
-                PUT(digits[i]);
-        }
-        *o = '\0';
-        snprintf(o, left, "e%c%02d", exp10 < 0 ? '-' : '+', abs(exp10));
-    }
-#undef PUT
-}
 
 /* Writes a Lua number as SQL/JSON text: integral values below 1e16 without a fraction,
- * everything else as float_repr. The caller rejects non-finite values where needed. */
+ * everything else as pyfloat_repr. The caller rejects non-finite values where needed. */
 static void number_text(double x, char *out, size_t size)
 {
     if (isfinite(x) && x == floor(x) && fabs(x) < 1e16 && !(x == 0 && signbit(x)))
         snprintf(out, size, "%.0f", x);
     else
-        float_repr(x, out, size);
+        pyfloat_repr(x, out, size);
 }
 
 /* Days since 1970-01-01 of a proleptic Gregorian date (H. Hinnant's algorithm). */
@@ -1980,10 +1905,38 @@ static int db_json_array(lua_State *L)
     return 1;
 }
 
+/* db.float_list_repr(list) -> "[1.0,2.5]": a JSON array of finite numbers written as
+ * Python writes floats (one call for a whole array: payload records are on the
+ * scheduling hot path). Raises naming the first element that is not finite. */
+static int db_float_list_repr(lua_State *L)
+{
+    luaL_checktype(L, 1, LUA_TTABLE);
+    int n = (int)lua_objlen(L, 1);
+    luaL_Buffer b;
+    luaL_buffinit(L, &b);
+    luaL_addchar(&b, '[');
+    for (int i = 1; i <= n; i++) {
+        lua_rawgeti(L, 1, i);
+        double x = lua_tonumber(L, -1);
+        int ok = lua_type(L, -1) == LUA_TNUMBER && isfinite(x);
+        lua_pop(L, 1);
+        if (!ok)
+            return luaL_error(L, "element %d must be a finite number", i);
+        char text[64];
+        pyfloat_repr(x, text, sizeof text);
+        if (i > 1)
+            luaL_addchar(&b, ',');
+        luaL_addstring(&b, text);
+    }
+    luaL_addchar(&b, ']');
+    luaL_pushresult(&b);
+    return 1;
+}
+
 static int db_float_repr(lua_State *L)
 {
     char text[48];
-    float_repr(luaL_checknumber(L, 1), text, sizeof text);
+    pyfloat_repr(luaL_checknumber(L, 1), text, sizeof text);
     lua_pushstring(L, text);
     return 1;
 }
@@ -2069,6 +2022,7 @@ static const luaL_Reg db_functions[] = {
     {"connect", db_connect},         {"settings_url", db_settings_url},
     {"parse_url", db_parse_url},     {"json_encode", db_json_encode},
     {"json_array", db_json_array},   {"float_repr", db_float_repr},
+    {"float_list_repr", db_float_list_repr},
     {"iso", db_iso},                 {"parse_time", db_parse_time},
     {"lock_key", db_lock_key},       {NULL, NULL},
 };

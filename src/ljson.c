@@ -13,9 +13,15 @@
  *  - strings are checked for valid UTF-8 and, with ascii = true, written with \uXXXX
  *    escapes (surrogate pairs above the BMP) as Python's json.dumps does.
  *
- *   json.encode(value[, {sort_keys = false, ascii = false, nonfinite = "error"}]) -> text
+ *   json.encode(value[, {sort_keys = false, ascii = false, nonfinite = "error",
+ *                        floats = "shortest", int_keys = nil}]) -> text
  *       nonfinite: "error" (raise), "null", "sentinel" ({"__float__": "-inf"}), or
  *       "python" (bare -Infinity / Infinity / NaN tokens, as json.dumps writes them)
+ *       floats: "shortest" (integral values as integers) or "python" (every number as
+ *       Python writes a float: 6 -> 6.0, 1e-06), except the values of the keys in the
+ *       set int_keys ({cell_index = true, ...}; arrays under them too), which must be
+ *       integers and are written as such: the typed JSON of a Python payload
+ *   json.raw(text) -> a value the encoder writes verbatim (JSON text the caller vouches for)
  *   json.decode(text) -> value | nil, message      (depth limited; trailing text rejected)
  *   json.array(t?) -> t marked as an array         json.is_array(t)
  *   json.null, json.array_mt
@@ -29,10 +35,12 @@
 #include <string.h>
 
 #include "lmod.h"
+#include "pyfloat.h"
 
 #define JSON_MAX_DEPTH 200
 
 static char array_mt_key;   /* registry key of the array metatable */
+static char raw_mt_key;     /* registry key of the metatable of json.raw values */
 
 /* --- number formatting (shared with other modules through json_format_number) ------- */
 
@@ -58,17 +66,58 @@ int json_format_number(double v, char buf[32])
 
 /* --- encoding ------------------------------------------------------------------------ */
 
+/* The output buffer. It lives in a userdata whose __gc frees the bytes, so a Lua error
+ * raised half-way through an encoding (a cycle, a function value) leaks nothing. A
+ * luaL_Buffer cannot be used here: it keeps its pieces on the Lua stack, and the
+ * encoder pushes the values it visits between additions. */
+typedef struct jbuf {
+    char *data;
+    size_t len, cap;
+} jbuf;
+
+static int jbuf_gc(lua_State *L)
+{
+    jbuf *b = lua_touserdata(L, 1);
+    free(b->data);
+    b->data = NULL;
+    return 0;
+}
+
 typedef struct encoder {
     lua_State *L;
-    luaL_Buffer b;
+    jbuf *b;
     int sort_keys;
     int ascii;
     const char *nonfinite;
     int depth;
-    int scratch;   /* stack index of a table used to detect cycles */
+    int scratch;     /* stack index of a table used to detect cycles */
+    int python;      /* floats = "python" */
+    int int_keys;    /* stack index of the int_keys set, or 0 */
+    const char *key; /* the object key whose value is being written (for messages) */
 } encoder;
 
-static void encode_value(encoder *e, int idx);
+static void encode_value(encoder *e, int idx, int as_int);
+
+static void jb_add(encoder *e, const char *s, size_t n)
+{
+    jbuf *b = e->b;
+    if (b->len + n > b->cap) {
+        size_t cap = b->cap ? b->cap : 256;
+        while (cap < b->len + n)
+            cap *= 2;
+        char *grown = realloc(b->data, cap);
+        if (!grown)
+            luaL_error(e->L, "json.encode: out of memory");
+        b->data = grown;
+        b->cap = cap;
+    }
+    memcpy(b->data + b->len, s, n);
+    b->len += n;
+}
+
+static void jb_adds(encoder *e, const char *s) { jb_add(e, s, strlen(s)); }
+
+static void jb_addchar(encoder *e, char c) { jb_add(e, &c, 1); }
 
 /* Decodes one UTF-8 sequence at s (n bytes left); returns its length and sets *cp, or 0
  * when the bytes are not valid UTF-8 (overlong forms and surrogates included). */
@@ -109,18 +158,17 @@ static int utf8_decode(const unsigned char *s, size_t n, unsigned *cp)
     return len;
 }
 
-static void add_escape_u(luaL_Buffer *b, unsigned v)
+static void add_escape_u(encoder *e, unsigned v)
 {
     char tmp[16];
     snprintf(tmp, sizeof tmp, "\\u%04x", v & 0xffffu);
-    luaL_addlstring(b, tmp, 6);
+    jb_add(e, tmp, 6);
 }
 
 static void encode_string(encoder *e, const char *s, size_t n)
 {
-    luaL_Buffer *b = &e->b;
     const unsigned char *p = (const unsigned char *)s;
-    luaL_addchar(b, '"');
+    jb_addchar(e, '"');
     size_t i = 0;
     while (i < n) {
         unsigned char c = p[i];
@@ -132,58 +180,70 @@ static void encode_string(encoder *e, const char *s, size_t n)
             if (e->ascii) {
                 if (cp >= 0x10000) {
                     cp -= 0x10000;
-                    add_escape_u(b, 0xd800 + (cp >> 10));
-                    add_escape_u(b, 0xdc00 + (cp & 0x3ff));
+                    add_escape_u(e, 0xd800 + (cp >> 10));
+                    add_escape_u(e, 0xdc00 + (cp & 0x3ff));
                 } else {
-                    add_escape_u(b, cp);
+                    add_escape_u(e, cp);
                 }
             } else {
-                luaL_addlstring(b, s + i, (size_t)len);
+                jb_add(e, s + i, (size_t)len);
             }
             i += (size_t)len;
             continue;
         }
         switch (c) {
-        case '"': luaL_addlstring(b, "\\\"", 2); break;
-        case '\\': luaL_addlstring(b, "\\\\", 2); break;
-        case '\n': luaL_addlstring(b, "\\n", 2); break;
-        case '\r': luaL_addlstring(b, "\\r", 2); break;
-        case '\t': luaL_addlstring(b, "\\t", 2); break;
-        case '\b': luaL_addlstring(b, "\\b", 2); break;
-        case '\f': luaL_addlstring(b, "\\f", 2); break;
+        case '"': jb_add(e, "\\\"", 2); break;
+        case '\\': jb_add(e, "\\\\", 2); break;
+        case '\n': jb_add(e, "\\n", 2); break;
+        case '\r': jb_add(e, "\\r", 2); break;
+        case '\t': jb_add(e, "\\t", 2); break;
+        case '\b': jb_add(e, "\\b", 2); break;
+        case '\f': jb_add(e, "\\f", 2); break;
         default:
             if (c < 0x20 || c == 0x7f)
-                add_escape_u(b, c);
+                add_escape_u(e, c);
             else
-                luaL_addchar(b, (char)c);
+                jb_addchar(e, (char)c);
         }
         i++;
     }
-    luaL_addchar(b, '"');
+    jb_addchar(e, '"');
 }
 
-static void encode_number(encoder *e, double v)
+static void encode_number(encoder *e, double v, int as_int)
 {
     char buf[32];
+    if (as_int) {
+        if (!(v == floor(v) && fabs(v) < 9007199254740992.0))
+            luaL_error(e->L, "json.encode: '%s' must be an integer", e->key ? e->key : "?");
+        int n = snprintf(buf, sizeof buf, "%.0f", v);
+        jb_add(e, buf, (size_t)n);
+        return;
+    }
     if (!isfinite(v)) {
         const char *mode = e->nonfinite;
         const char *name = isnan(v) ? "nan" : (v > 0 ? "inf" : "-inf");
         if (strcmp(mode, "null") == 0) {
-            luaL_addstring(&e->b, "null");
+            jb_adds(e, "null");
         } else if (strcmp(mode, "sentinel") == 0) {
-            luaL_addstring(&e->b, "{\"__float__\":\"");
-            luaL_addstring(&e->b, name);
-            luaL_addstring(&e->b, "\"}");
+            jb_adds(e, "{\"__float__\":\"");
+            jb_adds(e, name);
+            jb_adds(e, "\"}");
         } else if (strcmp(mode, "python") == 0) {
-            luaL_addstring(&e->b, isnan(v) ? "NaN" : (v > 0 ? "Infinity" : "-Infinity"));
+            jb_adds(e, isnan(v) ? "NaN" : (v > 0 ? "Infinity" : "-Infinity"));
         } else {
             luaL_error(e->L, "json.encode: cannot encode %s (JSON has no non-finite numbers)",
                        name);
         }
         return;
     }
+    if (e->python) {
+        pyfloat_repr(v, buf, sizeof buf);
+        jb_adds(e, buf);
+        return;
+    }
     int n = json_format_number(v, buf);
-    luaL_addlstring(&e->b, buf, (size_t)n);
+    jb_add(e, buf, (size_t)n);
 }
 
 /* Returns n > 0 when the table at idx is an array of n elements, 0 for an empty
@@ -226,7 +286,7 @@ static int compare_keys(const void *a, const void *b)
     return strcmp(*(const char *const *)a, *(const char *const *)b);
 }
 
-static void encode_table(encoder *e, int idx)
+static void encode_table(encoder *e, int idx, int as_int)
 {
     lua_State *L = e->L;
     if (++e->depth > JSON_MAX_DEPTH)
@@ -244,15 +304,15 @@ static void encode_table(encoder *e, int idx)
 
     int n = array_length(L, idx);
     if (n >= 0) {
-        luaL_addchar(&e->b, '[');
+        jb_addchar(e, '[');
         for (int i = 1; i <= n; i++) {
             if (i > 1)
-                luaL_addchar(&e->b, ',');
+                jb_addchar(e, ',');
             lua_rawgeti(L, idx, i);
-            encode_value(e, lua_gettop(L));
+            encode_value(e, lua_gettop(L), as_int);
             lua_pop(L, 1);
         }
-        luaL_addchar(&e->b, ']');
+        jb_addchar(e, ']');
     } else {
         /* Collect the keys (strings only), optionally sorted. */
         size_t cap = 16, count = 0;
@@ -280,18 +340,27 @@ static void encode_table(encoder *e, int idx)
         }
         if (e->sort_keys)
             qsort(keys, count, sizeof *keys, compare_keys);
-        luaL_addchar(&e->b, '{');
+        jb_addchar(e, '{');
         for (size_t i = 0; i < count; i++) {
             if (i > 0)
-                luaL_addchar(&e->b, ',');
+                jb_addchar(e, ',');
             encode_string(e, keys[i], strlen(keys[i]));
-            luaL_addchar(&e->b, ':');
+            jb_addchar(e, ':');
+            int key_is_int = 0;
+            if (e->int_keys) {
+                lua_getfield(L, e->int_keys, keys[i]);
+                key_is_int = lua_toboolean(L, -1);
+                lua_pop(L, 1);
+            }
+            const char *outer = e->key;
+            e->key = keys[i];
             lua_getfield(L, idx, keys[i]);
-            encode_value(e, lua_gettop(L));
+            encode_value(e, lua_gettop(L), key_is_int);
             lua_pop(L, 1);
+            e->key = outer;
         }
         free(keys);
-        luaL_addchar(&e->b, '}');
+        jb_addchar(e, '}');
     }
     lua_pushvalue(L, idx);
     lua_pushnil(L);
@@ -299,18 +368,30 @@ static void encode_table(encoder *e, int idx)
     e->depth--;
 }
 
-static void encode_value(encoder *e, int idx)
+/* Whether the table at idx is a json.raw value; pushes nothing. */
+static int is_raw(lua_State *L, int idx)
+{
+    if (!lua_getmetatable(L, idx))
+        return 0;
+    lua_pushlightuserdata(L, &raw_mt_key);
+    lua_rawget(L, LUA_REGISTRYINDEX);
+    int raw = lua_rawequal(L, -1, -2);
+    lua_pop(L, 2);
+    return raw;
+}
+
+static void encode_value(encoder *e, int idx, int as_int)
 {
     lua_State *L = e->L;
     switch (lua_type(L, idx)) {
     case LUA_TNIL:
-        luaL_addstring(&e->b, "null");
+        jb_adds(e, "null");
         break;
     case LUA_TBOOLEAN:
-        luaL_addstring(&e->b, lua_toboolean(L, idx) ? "true" : "false");
+        jb_adds(e, lua_toboolean(L, idx) ? "true" : "false");
         break;
     case LUA_TNUMBER:
-        encode_number(e, lua_tonumber(L, idx));
+        encode_number(e, lua_tonumber(L, idx), as_int);
         break;
     case LUA_TSTRING: {
         size_t n;
@@ -319,11 +400,20 @@ static void encode_value(encoder *e, int idx)
         break;
     }
     case LUA_TTABLE:
-        encode_table(e, idx);
+        if (is_raw(L, idx)) {
+            size_t n;
+            lua_rawgeti(L, idx, 1);
+            const char *text = lua_tolstring(L, -1, &n);
+            if (text)
+                jb_add(e, text, n);
+            lua_pop(L, 1);
+            break;
+        }
+        encode_table(e, idx, as_int);
         break;
     case LUA_TLIGHTUSERDATA:
         if (lua_touserdata(L, idx) == NULL) {
-            luaL_addstring(&e->b, "null");
+            jb_adds(e, "null");
             break;
         }
         /* fall through */
@@ -332,7 +422,8 @@ static void encode_value(encoder *e, int idx)
     }
 }
 
-static const char *const encode_keys[] = {"sort_keys", "ascii", "nonfinite", NULL};
+static const char *const encode_keys[] = {"sort_keys", "ascii", "nonfinite", "floats",
+                                          "int_keys", NULL};
 
 static int json_encode(lua_State *L)
 {
@@ -346,13 +437,35 @@ static int json_encode(lua_State *L)
     if (strcmp(e.nonfinite, "error") && strcmp(e.nonfinite, "null") &&
         strcmp(e.nonfinite, "sentinel") && strcmp(e.nonfinite, "python"))
         return luaL_error(L, "json.encode: nonfinite must be error, null, sentinel or python");
+    const char *floats = lmod_opt_string(L, 2, "floats", "shortest");
+    if (strcmp(floats, "shortest") && strcmp(floats, "python"))
+        return luaL_error(L, "json.encode: floats must be shortest or python");
+    e.python = strcmp(floats, "python") == 0;
     e.depth = 0;
+    e.key = NULL;
     lua_settop(L, 2);
     lua_newtable(L);
     e.scratch = 3;
-    luaL_buffinit(L, &e.b);
-    encode_value(&e, 1);
-    luaL_pushresult(&e.b);
+    e.int_keys = 0;
+    if (lua_istable(L, 2)) {
+        lua_getfield(L, 2, "int_keys");
+        if (lua_istable(L, -1))
+            e.int_keys = 4;
+        else if (!lua_isnil(L, -1))
+            return luaL_error(L, "json.encode: int_keys must be a set {name = true}");
+        else
+            lua_pop(L, 1);
+    }
+    e.b = lua_newuserdata(L, sizeof *e.b);
+    memset(e.b, 0, sizeof *e.b);
+    lua_newtable(L);
+    lua_pushcfunction(L, jbuf_gc);
+    lua_setfield(L, -2, "__gc");
+    lua_setmetatable(L, -2);
+    encode_value(&e, 1, 0);
+    lua_pushlstring(L, e.b->data ? e.b->data : "", e.b->len);
+    free(e.b->data);
+    e.b->data = NULL;
     return 1;
 }
 
@@ -694,6 +807,18 @@ static int json_array(lua_State *L)
     return 1;
 }
 
+static int json_raw(lua_State *L)
+{
+    luaL_checkstring(L, 1);
+    lua_createtable(L, 1, 0);
+    lua_pushvalue(L, 1);
+    lua_rawseti(L, -2, 1);
+    lua_pushlightuserdata(L, &raw_mt_key);
+    lua_rawget(L, LUA_REGISTRYINDEX);
+    lua_setmetatable(L, -2);
+    return 1;
+}
+
 static int json_is_array(lua_State *L)
 {
     if (!lua_istable(L, 1)) {
@@ -709,6 +834,7 @@ static const luaL_Reg json_functions[] = {
     {"decode", json_decode},
     {"array", json_array},
     {"is_array", json_is_array},
+    {"raw", json_raw},
     {NULL, NULL},
 };
 
@@ -727,6 +853,16 @@ LMOD_OPEN(json)
         lua_rawset(L, LUA_REGISTRYINDEX);
     }
     int mt = lua_gettop(L);
+    lua_pushlightuserdata(L, &raw_mt_key);
+    lua_rawget(L, LUA_REGISTRYINDEX);
+    if (lua_isnil(L, -1)) {
+        lua_newtable(L);
+        lua_pushlightuserdata(L, &raw_mt_key);
+        lua_pushvalue(L, -2);
+        lua_rawset(L, LUA_REGISTRYINDEX);
+        lua_remove(L, -2);
+    }
+    lua_pop(L, 1);
     lmod_new_module(L, json_functions);
     lua_pushvalue(L, mt);
     lua_setfield(L, -2, "array_mt");

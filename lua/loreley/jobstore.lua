@@ -23,7 +23,8 @@
 --   store:load_reducer(island_id) -> rows | false
 --   store:save_island(island_id, config)  store:list_islands() -> islands
 -- Dispatch bookkeeping:
---   store:record_dispatch(job_id, redis_message_id)  store:record_dispatch_failure(job_id, err)
+--   store:record_dispatch(job_id, redis_message_id)  store:record_dispatches({{id, rid}, ...})
+--   store:record_dispatch_failure(job_id, err)
 --   store:find_stranded_queued(older_than_s, limit) -> jobs
 --   store:find_overdue_running(older_than_s, limit) -> jobs
 --
@@ -31,7 +32,7 @@
 -- Row shapes and the SQL behind each call: docs/db.md.
 local db = require "loreley.db"
 local host = require "loreley.host"
-local cjson_safe = require "cjson.safe"
+local json = require "loreley.json"
 
 local M = {}
 
@@ -81,7 +82,11 @@ end
 local function check_numbers(list, what, optional)
   if list == nil and optional then return nil end
   if type(list) ~= "table" then fail("%s must be an array of numbers", what) end
-  for i = 1, #list do check_finite(list[i], ("%s[%d]"):format(what, i)) end
+  for i = 1, #list do
+    if not is_finite(list[i]) then   -- the label is built only on failure (hot path)
+      fail("%s[%d] must be a finite number, got %s", what, i, tostring(list[i]))
+    end
+  end
   return list
 end
 
@@ -94,55 +99,40 @@ end
 
 -- --- typed JSON text (Python's json.dumps for the fields the contract types) -------------
 
-local function jstr(s) return db.json_encode(s) end
 local function jfloat(x, what) return db.float_repr(check_finite(x, what)) end
-local function jint(x, what) return ("%d"):format(check_integer(x, what)) end
 
-local function jfloats(list, what)
-  local parts = {}
-  for i = 1, #list do parts[i] = jfloat(list[i], ("%s[%d]"):format(what, i)) end
-  return "[" .. table.concat(parts, ",") .. "]"
-end
-
-local function jints(list, what)
-  local parts = {}
-  for i = 1, #list do parts[i] = jint(list[i], ("%s[%d]"):format(what, i)) end
-  return "[" .. table.concat(parts, ",") .. "]"
-end
-
-local function jobject(pairs_list)
-  local parts = {}
-  for i, kv in ipairs(pairs_list) do parts[i] = jstr(kv[1]) .. ":" .. kv[2] end
-  return "{" .. table.concat(parts, ",") .. "}"
-end
+-- The numbers of part A that Python holds as ints; every other number is a float and
+-- is written as Python writes floats (6.0, 1e-06), so the payload reads back as the
+-- reference's sampler would have written it.
+local PART_A_INT_KEYS = { cell_index = true, shape = true, requested_inspirations = true,
+  initial_radius = true, max_radius = true, radius_used = true, fallback_inspirations = true }
 
 -- Part A RECORD of an archive row (SHAPES archive row): commit_hash, cell_index, fitness,
 -- timestamp (ISO, UTC), plus measures/solution when non-empty and metadata when wanted
 -- and non-empty.
-local function record_json(row, what, include_metadata)
+local function record_table(row, what, include_metadata)
   if type(row) ~= "table" then fail("%s must be an archive row", what) end
   check_string(row.commit_hash, what .. ".commit_hash")
-  local fields = {
-    { "commit_hash", jstr(row.commit_hash) },
-    { "cell_index", jint(row.cell, what .. ".cell") },
-    { "fitness", jfloat(row.objective, what .. ".objective") },
-    { "timestamp", jstr(db.iso(check_finite(row.timestamp, what .. ".timestamp"))) },
-  }
+  check_integer(row.cell, what .. ".cell")
+  check_finite(row.objective, what .. ".objective")
+  local r = { commit_hash = row.commit_hash, cell_index = row.cell, fitness = row.objective,
+    timestamp = db.iso(check_finite(row.timestamp, what .. ".timestamp")) }
   if row.measures ~= nil and #check_numbers(row.measures, what .. ".measures") > 0 then
-    fields[#fields + 1] = { "measures", jfloats(row.measures, what .. ".measures") }
+    r.measures = row.measures
   end
   if row.solution ~= nil and #check_numbers(row.solution, what .. ".solution") > 0 then
-    fields[#fields + 1] = { "solution", jfloats(row.solution, what .. ".solution") }
+    r.solution = row.solution
   end
   if include_metadata and row.metadata ~= nil then
+    -- The archive's metadata is JSON text this host wrote: an object is checked by its
+    -- first character rather than decoded (scheduling is on the hot path).
     if type(row.metadata) ~= "string" then fail("%s.metadata must be JSON text", what) end
-    local decoded = cjson_safe.decode(row.metadata)
-    if type(decoded) ~= "table" then
+    if not row.metadata:find("^%s*{") then
       fail("%s.metadata must be the JSON text of an object", what)
     end
-    if next(decoded) ~= nil then fields[#fields + 1] = { "metadata", row.metadata } end
+    if not row.metadata:find("^%s*{%s*}%s*$") then r.metadata = json.raw(row.metadata) end
   end
-  return jobject(fields)
+  return r
 end
 
 -- The complete part A payload (§1.5) as JSON text.
@@ -151,39 +141,37 @@ local function part_a(spec)
   if type(grid) ~= "table" then fail("spec.grid must be {shape, lower, upper}") end
   if type(sampling) ~= "table" then fail("spec.sampling must be a table") end
   local include = spec.include_metadata ~= false
-  local selection = { { "initial_radius", jint(sampling.initial_radius, "sampling.initial_radius") } }
-  if sampling.max_radius ~= nil then
-    selection[#selection + 1] = { "max_radius", jint(sampling.max_radius, "sampling.max_radius") }
-  end
-  selection[#selection + 1] = { "radius_used", jint(sampling.radius_used, "sampling.radius_used") }
-  selection[#selection + 1] = { "fallback_inspirations",
-    jint(sampling.fallback_inspirations, "sampling.fallback_inspirations") }
-  local inspirations = {}
+  local selection = {
+    initial_radius = check_integer(sampling.initial_radius, "sampling.initial_radius"),
+    max_radius = check_integer(sampling.max_radius, "sampling.max_radius", true),
+    radius_used = check_integer(sampling.radius_used, "sampling.radius_used"),
+    fallback_inspirations = check_integer(sampling.fallback_inspirations,
+      "sampling.fallback_inspirations"),
+  }
+  local inspirations = json.array()
   for i, row in ipairs(spec.inspirations or {}) do
-    inspirations[i] = record_json(row, ("inspirations[%d]"):format(i), include)
+    inspirations[i] = record_table(row, ("inspirations[%d]"):format(i), include)
   end
-  local fields = {
-    { "island_id", jstr(spec.island_id) },
-    { "grid", jobject {
-      { "shape", jints(check_numbers(grid.shape, "grid.shape"), "grid.shape") },
-      { "feature_bounds", jobject {
-        { "lower", jfloats(check_numbers(grid.lower, "grid.lower"), "grid.lower") },
-        { "upper", jfloats(check_numbers(grid.upper, "grid.upper"), "grid.upper") },
-      } },
-    } },
-    { "sampling", jobject {
-      { "requested_inspirations",
-        jint(sampling.requested_inspirations, "sampling.requested_inspirations") },
-      { "selection", jobject(selection) },
-    } },
-    { "base", record_json(spec.base, "base", include) },
-    { "inspirations", "[" .. table.concat(inspirations, ",") .. "]" },
+  local payload = {
+    island_id = check_string(spec.island_id, "spec.island_id"),
+    grid = {
+      shape = check_numbers(grid.shape, "grid.shape"),
+      feature_bounds = { lower = check_numbers(grid.lower, "grid.lower"),
+        upper = check_numbers(grid.upper, "grid.upper") },
+    },
+    sampling = {
+      requested_inspirations = check_integer(sampling.requested_inspirations,
+        "sampling.requested_inspirations"),
+      selection = selection,
+    },
+    base = record_table(spec.base, "base", include),
+    inspirations = inspirations,
   }
   if spec.extra_context ~= nil then
     if type(spec.extra_context) ~= "table" then fail("spec.extra_context must be a table") end
-    fields[#fields + 1] = { "extra_context", db.json_encode(spec.extra_context) }
+    payload.extra_context = json.raw(db.json_encode(spec.extra_context))
   end
-  return jobject(fields)
+  return json.encode(payload, { floats = "python", int_keys = PART_A_INT_KEYS })
 end
 M.part_a = part_a
 
@@ -514,13 +502,13 @@ function Store:record_ingestion(job_id, state)
   if state.record ~= nil then
     local r = state.record
     if type(r) ~= "table" then fail("state.record must be a table") end
-    record = jobject {
-      { "commit_hash", jstr(check_string(r.commit_hash, "record.commit_hash")) },
-      { "cell_index", jint(r.cell_index, "record.cell_index") },
-      { "fitness", jfloat(r.fitness, "record.fitness") },
-      { "island_id", jstr(check_string(r.island_id, "record.island_id")) },
-      { "timestamp", jfloat(r.timestamp, "record.timestamp") },
-    }
+    record = json.encode({
+      commit_hash = check_string(r.commit_hash, "record.commit_hash"),
+      cell_index = check_integer(r.cell_index, "record.cell_index"),
+      fitness = check_finite(r.fitness, "record.fitness"),
+      island_id = check_string(r.island_id, "record.island_id"),
+      timestamp = check_finite(r.timestamp, "record.timestamp"),
+    }, { floats = "python", int_keys = PART_A_INT_KEYS })
   end
   local at = state.at or host.time()
   local rows, err, code = self.conn:query(SQL_RECORD_INGESTION, job_id, self.experiment_id,
@@ -641,9 +629,30 @@ local function save_history(self, island_id, rows)
   return true
 end
 
--- Persists reducer:take_changes() incrementally, in one transaction: the projection when
--- it is present, the counter, one INSERT per appended history row, one DELETE for the rows
--- before trim_before_seq.
+local SQL_REDUCER_CHANGES = [[
+WITH state AS (
+  INSERT INTO loreley_reducer_state (experiment_id, island_id, projection, samples_since_fit)
+  VALUES ($1, $2, $3, $4)
+  ON CONFLICT (experiment_id, island_id) DO UPDATE SET
+    projection = CASE WHEN $5 THEN EXCLUDED.projection ELSE loreley_reducer_state.projection END,
+    samples_since_fit = EXCLUDED.samples_since_fit, updated_at = now()
+  RETURNING 1),
+appended AS (
+  INSERT INTO loreley_reducer_history (experiment_id, island_id, seq, commit_hash, vector)
+  SELECT $1, $2, $6, $7, $8 WHERE $6::bigint IS NOT NULL
+  ON CONFLICT (experiment_id, island_id, seq) DO UPDATE SET commit_hash = EXCLUDED.commit_hash,
+    vector = EXCLUDED.vector
+  RETURNING 1),
+trimmed AS (
+  DELETE FROM loreley_reducer_history
+  WHERE experiment_id = $1 AND island_id = $2 AND seq < $9
+  RETURNING 1)
+SELECT (SELECT count(*) FROM appended) AS appended, (SELECT count(*) FROM trimmed) AS trimmed]]
+
+-- Persists reducer:take_changes() incrementally: the projection when it is present, the
+-- counter, one INSERT per appended history row, one DELETE for the rows before
+-- trim_before_seq. The common case of an ingestion (at most one new row) is ONE
+-- statement; more rows go in one transaction.
 function Store:save_reducer_changes(island_id, changes)
   check_string(island_id, "island_id")
   if type(changes) ~= "table" then fail("changes must be a reducer:take_changes() table") end
@@ -654,6 +663,14 @@ function Store:save_reducer_changes(island_id, changes)
   local append = changes.append or {}
   for i, h in ipairs(append) do check_history_row(h, ("changes.append[%d]"):format(i)) end
   check_integer(changes.trim_before_seq, "changes.trim_before_seq", true)
+  if #append <= 1 then
+    local h = append[1] or {}
+    local rows, err, code = self.conn:query(SQL_REDUCER_CHANGES, self.experiment_id, island_id,
+      changes.projection or NULL, changes.samples_since_fit, changes.projection ~= nil,
+      h.seq or NULL, h.commit_hash or NULL, h.vector or NULL, changes.trim_before_seq or 0)
+    if not rows then return nil, err, code end
+    return true
+  end
   return self.conn:tx(function(c)
     local ok, err, code
     if changes.projection ~= nil then
@@ -788,6 +805,28 @@ function Store:record_dispatch(job_id, redis_message_id)
     redis_message_id)
   if not n then return nil, err, code end
   return n > 0
+end
+
+local SQL_DISPATCH_SENT_MANY = [[
+INSERT INTO loreley_dispatch (job_id, experiment_id, attempts, last_sent_at, redis_message_id)
+SELECT j.id, j.experiment_id, 1, now(), d.rid
+FROM unnest($2::uuid[], $3::text[]) AS d(job_id, rid)
+JOIN evolution_jobs j ON j.id = d.job_id AND j.experiment_id = $1
+ON CONFLICT (job_id) DO UPDATE SET attempts = loreley_dispatch.attempts + 1,
+  last_sent_at = now(), redis_message_id = EXCLUDED.redis_message_id, last_error = NULL,
+  updated_at = now()]]
+
+-- record_dispatch for many jobs in one statement: sent = { {job_id, redis_message_id}, ... }.
+-- Returns the number recorded.
+function Store:record_dispatches(sent)
+  if type(sent) ~= "table" then fail("sent must be an array of {job_id, redis_message_id}") end
+  if #sent == 0 then return 0 end
+  local ids, rids = {}, {}
+  for i, pair in ipairs(sent) do
+    ids[i] = check_uuid(pair[1], ("sent[%d][1]"):format(i))
+    rids[i] = check_string(pair[2], ("sent[%d][2]"):format(i))
+  end
+  return self.conn:exec(SQL_DISPATCH_SENT_MANY, self.experiment_id, ids, rids)
 end
 
 -- After a failed push: the error (the job stays QUEUED; find_stranded_queued finds it).

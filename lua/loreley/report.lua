@@ -89,7 +89,7 @@ function M.heatmap_svg(elites, opts)
   local n = opts.cells or 32
   local size = opts.size or 480
   local grid, lo, hi, count = bin(elites, { dims = dims, cells = n, lower = lower, upper = upper })
-  local margin, legend = 56, 70
+  local margin, legend = 56, 120
   local cell = size / n
   local w, h = margin + size + legend, margin + size + 40
   local out = {}

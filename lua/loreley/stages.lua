@@ -427,16 +427,46 @@ local function job_metadata(job, s)
   }
 end
 
+local function fetch_remote(s)
+  local remotes = s.repo:remotes()
+  if #remotes == 0 then return nil end
+  if s.repo:remote_url("origin") then return "origin" end
+  return remotes[1].name
+end
+
+-- Fetches, in one round, the job branches of the given jobs whose commits are missing
+-- (refs/heads/<WORKER_REPO_JOB_BRANCH_PREFIX>/<job id>, where Loreley's worker pushes
+-- them, §4.4): one fetch per tick instead of one per commit, and only the refs needed,
+-- whatever the number of job branches on the remote. Commits still missing afterwards
+-- are fetched one by one by ensure_commit.
+function M.prefetch_commits(ctx, jobs)
+  local s = state(ctx)
+  if not s.repo then return 0 end
+  local remote = fetch_remote(s)
+  if not remote then return 0 end
+  local prefix = ctx.settings.worker_repo_job_branch_prefix
+  local refspecs = {}
+  for _, job in ipairs(jobs) do
+    if job.commit_hash and not s.repo:has_commit(job.commit_hash) then
+      refspecs[#refspecs + 1] = ("+refs/heads/%s/%s:refs/remotes/%s/%s/%s"):format(prefix, job.id,
+        remote, prefix, job.id)
+    end
+  end
+  if #refspecs == 0 then return 0 end
+  local ok, err = s.repo:fetch(remote, { prefix = false, configured = false, tags = false,
+    refspecs = refspecs, timeout = ctx.settings.loreley_git_fetch_timeout_seconds })
+  if not ok then host.debug("prefetch of %d job branch(es) failed: %s", #refspecs, tostring(err)) end
+  return #refspecs
+end
+
 -- Makes sure the commit is in the scheduler's repository, fetching the job branches from
 -- origin when it is not (the reference's fallback never ran, §9 item 4).
 function M.ensure_commit(ctx, hash)
   local s = state(ctx)
   local present = s.repo:has_commit(hash)
   if present then return true end
-  local remotes = s.repo:remotes()
-  local remote = "origin"
-  if #remotes > 0 and not s.repo:remote_url("origin") then remote = remotes[1].name end
-  if #remotes == 0 then return nil, ("Commit %s not found and the repository has no remote."):format(hash) end
+  local remote = fetch_remote(s)
+  if not remote then return nil, ("Commit %s not found and the repository has no remote."):format(hash) end
   host.info("Fetching missing commit %s", hash)
   local ok, err = s.repo:fetch(remote, { prefix = ctx.settings.worker_repo_job_branch_prefix,
     commit = hash, timeout = ctx.settings.loreley_git_fetch_timeout_seconds })
@@ -492,6 +522,13 @@ function M.ingest(ctx)
   local jobs = check("find ingestable jobs", s.store:find_ingestable(batch,
     { max_attempts = ctx.settings.loreley_ingest_max_attempts }))
   local ingested = 0
+  local fetchable = {}
+  for _, job in ipairs(jobs) do
+    if not job.malformed and job.commit_hash:match("^%x+$") and #job.commit_hash == 40 then
+      fetchable[#fetchable + 1] = { id = job.id, commit_hash = job.commit_hash:lower() }
+    end
+  end
+  if s.seams.ensure_commit == nil then M.prefetch_commits(ctx, fetchable) end
   for _, job in ipairs(jobs) do
     if host.stop_requested() then break end
     if job.malformed then
@@ -532,12 +569,12 @@ function M.send(ctx, jobs)
     items[i] = { queue = s.queue, actor = ACTOR, args = { job.id }, opts = { dedupe = job.id } }
   end
   local results, err = s.broker:enqueue_many(items)
-  local sent = 0
+  local sent, records = 0, {}
   for i, job in ipairs(jobs) do
     local r = results and results[i]
     if r and (r.status == "enqueued" or r.status == "duplicate") then
       if r.status == "enqueued" then sent = sent + 1 end
-      check("record dispatch", s.store:record_dispatch(job.id, r.redis_message_id))
+      records[#records + 1] = { job.id, r.redis_message_id }
       host.debug("Queued job id=%s (%s)", job.id, r.status)
     else
       local reason = r and r.error or err or "unknown error"
@@ -545,6 +582,7 @@ function M.send(ctx, jobs)
       s.store:record_dispatch_failure(job.id, tostring(reason))
     end
   end
+  check("record dispatch", s.store:record_dispatches(records))
   if sent > 0 then host.debug("Dispatched %d job(s) to Dramatiq", sent) end
   return sent
 end
@@ -712,18 +750,27 @@ function M.finish(ctx, unfinished)
   return true
 end
 
--- The reference's tick (§6.4), with recovery first. Returns the counts.
-function M.tick(ctx)
+-- The reference's tick (§6.4), with recovery first; logs the summary and returns the
+-- counts. opts go to stages.schedule ({sampler = ..., island = ...}).
+function M.tick(ctx, opts)
   if not M.lead(ctx) then return { ingested = 0, dispatched = 0, scheduled = 0, unfinished = 0 } end
   ctx:stage("recover", M.recover)
   local ingested = ctx:stage("ingest", M.ingest)
   local dispatched = ctx:stage("dispatch", M.dispatch)
   local unfinished = ctx:stage("measure", M.measure)
-  local scheduled = ctx:stage("schedule", M.schedule, unfinished)
+  local scheduled = ctx:stage("schedule", M.schedule, unfinished, opts)
   local counts = { ingested = ingested, dispatched = dispatched, scheduled = scheduled,
     unfinished = unfinished + scheduled }
+  ctx:summary(counts)
   ctx:stage("finish", M.finish, counts.unfinished)
   return counts
+end
+
+-- The delay the default policies return: tick again soon while work flows, else the
+-- poll interval (nil).
+function M.next_delay(counts)
+  if counts.ingested + counts.dispatched + counts.scheduled > 0 then return 0.05 end
+  return nil
 end
 
 return M

@@ -34,12 +34,13 @@ local function hash(n) return ("%040x"):format(n) end
 
 t.case("migrations: applied once, idempotent, contract DDL as the ORM makes it", function()
   local first = assert(schema.migrate(conn))
-  t.eq(first.version, 3)
-  t.same(first.applied, { "001_contract.sql", "002_job_indexes.sql", "003_host_tables.sql" })
+  t.eq(first.version, 4)
+  t.same(first.applied, { "001_contract.sql", "002_job_indexes.sql", "003_host_tables.sql",
+    "004_dispatch_without_fk.sql" })
   local second = assert(schema.migrate(conn))
   t.eq(#second.applied, 0, "nothing applied the second time")
   local st = assert(schema.status(conn))
-  t.eq(st.version, 3); t.eq(#st.pending, 0)
+  t.eq(st.version, 4); t.eq(#st.pending, 0)
   -- the migration statements themselves are idempotent too (a database created by hand)
   for _, m in ipairs(schema.MIGRATIONS) do assert(conn:script(schema.sql(m))) end
   local labels = {}
@@ -88,13 +89,13 @@ t.case("--init-db end to end, twice at once on a fresh database; AUTO_MIGRATE of
       { env = env, stdout = logs[i], stderr = "stdout" }))
   end
   for i = 1, 2 do t.eq(assert(sys.wait(pids[i], 60)).code, 0, t.read(logs[i])) end
-  t.eq(q(fc, "SELECT count(*) AS n FROM loreley_schema_migrations")[1].n, 3)
+  t.eq(q(fc, "SELECT count(*) AS n FROM loreley_schema_migrations")[1].n, #schema.MIGRATIONS)
   local text = t.read(logs[1]) .. t.read(logs[2])
-  t.match(text, "migrated to version 3")
+  t.match(text, "migrated to version " .. schema.LATEST)
   t.no_match(text, ":postgres@", "the password is masked")
   t.ok(schema.ensure(fc, off), "nothing pending now")
   local r = t.run_host({ "--init-db" }, { env = { DATABASE_URL = fresh_url } })
-  t.eq(r.code, 0); t.match(r.stderr, "up to date %(version 3%)")
+  t.eq(r.code, 0); t.match(r.stderr, "up to date %(version " .. schema.LATEST .. "%)")
   local bad = t.run_host({ "--init-db" }, { env = { DATABASE_URL =
     ("postgresql://postgres:Wr0ngPassw0rd@127.0.0.1:%d/fresh"):format(pg.port) } })
   t.eq(bad.code, 1); t.match(bad.stderr, "password authentication failed")

@@ -66,4 +66,35 @@ t.case("bad JSON returns nil and where", function()
   t.eq(json.decode(" [1, 2.5e3, -0.5, true, false, null] ")[2], 2500)
 end)
 
+t.case("large nested documents round-trip (output far beyond LUAL_BUFFERSIZE)", function()
+  local doc = { items = json.array() }
+  for i = 1, 3000 do
+    doc.items[i] = { id = "job-" .. i, values = { i / 7, -i * 1e-9, i }, tags = json.array(),
+      nested = { deeper = { text = ("x"):rep(i % 50) .. "ñ" } } }
+  end
+  local text = json.encode(doc, { sort_keys = true })
+  t.ok(#text > 200000, "document too small: " .. #text)
+  local back = assert(json.decode(text))
+  t.eq(#back.items, 3000)
+  t.eq(back.items[2999].values[1], 2999 / 7)
+  t.eq(back.items[10].nested.deeper.text, ("x"):rep(10) .. "ñ")
+  t.eq(json.encode(back, { sort_keys = true }), text)
+end)
+
+t.case("floats = python writes numbers as Python floats; int_keys stay integers", function()
+  local opts = { floats = "python", int_keys = { cell_index = true, shape = true } }
+  t.eq(json.encode({ fitness = 6, measures = { 1, 0.1, 1e-6, 1.5e16, -0.0 } }, { floats = "python", sort_keys = true }),
+    '{"fitness":6.0,"measures":[1.0,0.1,1e-06,1.5e+16,-0.0]}')
+  t.eq(json.encode({ cell_index = 12, shape = { 32, 32 } }, { floats = "python", int_keys = opts.int_keys, sort_keys = true }),
+    '{"cell_index":12,"shape":[32,32]}')
+  t.raises(function() json.encode({ cell_index = 1.5 }, opts) end, "'cell_index' must be an integer")
+  t.raises(function() json.encode({}, { floats = "decimal" }) end, "floats must be shortest or python")
+end)
+
+t.case("json.raw embeds JSON text verbatim", function()
+  local text = json.encode({ a = json.raw('{"x":[1.0,2]}'), b = json.array { json.raw("null") } }, { sort_keys = true })
+  t.eq(text, '{"a":{"x":[1.0,2]},"b":[null]}')
+  t.raises(function() json.raw(nil) end)
+end)
+
 t.finish()
