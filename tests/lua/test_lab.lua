@@ -217,19 +217,24 @@ t.case("the recovery stage ages jobs in simulated time", function()
   t.ok(summary.sim_seconds > 110 and summary.sim_seconds < 1000, tostring(summary.sim_seconds))
 end)
 
-t.case("every example policy runs in the lab", function()
+t.case("every example policy runs in the lab, and repeats with the same seed", function()
   local listing = assert(sys.run { "sh", "-c", "ls " .. t.source_dir .. "/examples/policy*.lua" })
   local policies = {}
   for path in listing.stdout:gmatch("[^\n]+") do policies[#policies + 1] = path end
   t.ok(#policies >= 1, "no examples/policy*.lua found")
   for _, path in ipairs(policies) do
     local name = path:match("([^/]+)%.lua$")
-    local out = dir .. "/examples"
-    local r = simulate { "--jobs", "40", "--workers", "3", "--out", out, path }
-    ok_run(r, path)
-    local rows = csv_rows(("%s/%s-seed1.csv"):format(out, name))
+    local csv = {}
+    for i = 1, 2 do
+      local out = ("%s/examples%d"):format(dir, i)
+      local r = simulate { "--jobs", "40", "--workers", "3", "--out", out, path }
+      ok_run(r, path)
+      csv[i] = t.read(("%s/%s-seed1.csv"):format(out, name))
+    end
+    local rows = assert(series.parse_csv(csv[1]))
     t.eq(rows[#rows].jobs, 40, path)
     t.ok(rows[#rows].archive_size >= 2, path .. ": the archive did not grow")
+    t.ok(csv[1] == csv[2], path .. ": two runs with one seed differ")
   end
 end)
 

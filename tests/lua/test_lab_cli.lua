@@ -276,6 +276,37 @@ t.case("series: CSV round trip and lookup at a budget", function()
   t.eq(plots, 4, "one line per panel")
 end)
 
+t.case("series statistics over islands: the union of the cells, or sums across grids", function()
+  local run = require "loreley.lab.run"
+  local archive = require "loreley.archive"
+  local function island(dims, rows)
+    local a = archive.grid { dims = dims, lower = { 0, 0 }, upper = { 1, 1 } }
+    for i, r in ipairs(rows) do a:add("c" .. i, r[1], { r[2], r[3] }) end
+    return { archive = a, shape = dims, lower = { 0, 0 }, upper = { 1, 1 } }
+  end
+  -- main: cells (0,0)=1.0 and (1,1)=2.0; other: (1,1)=3.0 and (0,1)=0.5 on the same 2x2 grid
+  local islands = {
+    main = island({ 2, 2 }, { { 1.0, 0.1, 0.1 }, { 2.0, 0.9, 0.9 } }),
+    other = island({ 2, 2 }, { { 3.0, 0.9, 0.9 }, { 0.5, 0.1, 0.9 } }),
+  }
+  local st = run.island_stats(islands, 0)
+  t.eq(st.elites, 3, "three distinct cells")
+  t.eq(st.cells, 4)
+  t.eq(st.qd_score, 1.0 + 3.0 + 0.5)
+  t.eq(st.best, 3.0)
+  t.eq(run.island_stats(islands, 0.25).qd_score, 4.5 - 3 * 0.25)
+  -- one island: its own statistics
+  st = run.island_stats({ main = islands.main }, 0)
+  t.eq(st.qd_score, 3.0)
+  t.eq(st.elites, 2)
+  -- different grids: sums
+  islands.other = island({ 4, 4 }, { { 3.0, 0.9, 0.9 } })
+  st = run.island_stats(islands, 0)
+  t.eq(st.elites, 3)
+  t.eq(st.cells, 4 + 16)
+  t.eq(st.qd_score, 6.0)
+end)
+
 t.case("comparison statistics: mean and sample standard deviation per budget", function()
   local s = lab.summarise { 2, 4, 4, 4, 5, 5, 7, 9 }
   t.eq(s.mean, 5)

@@ -65,7 +65,7 @@ local function new_world(spec, clock, settings)
     genomes = {}, measures = {}, fitness = {}, counted = {},
     seen = 0, failed = 0, offers = 0, next_mark = 0, rows = {},
     metric = metric, higher_is_better = settings.mapelites_fitness_higher_is_better,
-    ctx = nil,
+    qd_offset = settings.mapelites_archive_qd_score_offset, ctx = nil,
   }, World)
 end
 
@@ -73,22 +73,68 @@ function World:remember(hash, genome, measures, fitness)
   self.genomes[hash], self.measures[hash], self.fitness[hash] = genome, measures, fitness
 end
 
--- Sum of every island's statistics, islands in id order (the same float sums each run).
-function World:stats()
-  local s = self.ctx and self.ctx.loreley
+local function same_grid(a, b)
+  if #a.shape ~= #b.shape then return false end
+  for i = 1, #a.shape do
+    if a.shape[i] ~= b.shape[i] or a.lower[i] ~= b.lower[i] or a.upper[i] ~= b.upper[i] then
+      return false
+    end
+  end
+  return true
+end
+
+-- The statistics the series records. One island: its archive's. Several islands on the
+-- same grid (as the stages make them): the union, cell by cell the best elite of any
+-- island, so a policy with islands is measured on the same cells as one without.
+-- Islands on different grids: the sums. Islands and cells are visited in a fixed order
+-- (the same float sums in every run).
+-- run.island_stats(islands, qd_offset) -> {qd_score, elites, cells, best}; islands is
+-- ctx.loreley.islands ({id = {archive, shape, lower, upper}}).
+function M.island_stats(islands, qd_offset)
   local out = { qd_score = 0, elites = 0, cells = 0, best = nil }
-  if not s or not s.islands then return out end
+  if not islands then return out end
   local ids = {}
-  for id in pairs(s.islands) do ids[#ids + 1] = id end
+  for id in pairs(islands) do ids[#ids + 1] = id end
   table.sort(ids)
+  local union = #ids > 1
+  for i = 2, #ids do
+    if not same_grid(islands[ids[1]], islands[ids[i]]) then union = false end
+  end
   for _, id in ipairs(ids) do
-    local st = s.islands[id].archive:stats()
-    out.qd_score = out.qd_score + st.qd_score
-    out.elites = out.elites + st.num_elites
-    out.cells = out.cells + st.cells
+    local st = islands[id].archive:stats()
     if st.obj_max and (out.best == nil or st.obj_max > out.best) then out.best = st.obj_max end
+    if not union then
+      out.qd_score = out.qd_score + st.qd_score
+      out.elites = out.elites + st.num_elites
+      out.cells = out.cells + st.cells
+    end
+  end
+  if union then
+    local best, cells = {}, {}
+    for _, id in ipairs(ids) do
+      for e in islands[id].archive:elites() do
+        local current = best[e.cell]
+        if current == nil then
+          cells[#cells + 1] = e.cell
+          best[e.cell] = e.objective
+        elseif e.objective > current then
+          best[e.cell] = e.objective
+        end
+      end
+    end
+    table.sort(cells)
+    local sum = 0
+    for _, cell in ipairs(cells) do sum = sum + best[cell] end
+    out.qd_score = sum - #cells * qd_offset
+    out.elites = #cells
+    out.cells = islands[ids[1]].archive:stats().cells
   end
   return out
+end
+
+function World:stats()
+  local s = self.ctx and self.ctx.loreley
+  return M.island_stats(s and s.islands, self.qd_offset)
 end
 
 function World:row(jobs)
