@@ -369,8 +369,10 @@ function M.ingest_commit(ctx, island_id, commit_hash, metrics, metadata, job_id,
     meta.metrics = metrics_map(metrics)
     meta.treeish = meta.treeish or commit_hash
     local now = host.time()
+    -- Sorted keys: the same metadata gives the same bytes in every process (Lua's table
+    -- order changes from one process to the next), so a seeded lab run repeats exactly.
     local status, delta, cell = island.archive:add(commit_hash, fitness, measures,
-      { metadata = json.encode(meta), timestamp = now })
+      { metadata = json.encode(meta, { sort_keys = true }), timestamp = now })
     outcome.status_code, outcome.delta = status, delta
     if status > 0 then
       row = island.archive:row(cell)
