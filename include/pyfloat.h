@@ -12,4 +12,8 @@
 /* Writes the text into out (size >= 32 is always enough). */
 void pyfloat_repr(double x, char *out, size_t size);
 
+/* A Lua number as JSON (and SQL) text: integral values below 1e16 as integers ("3"),
+ * everything else as pyfloat_repr ("0.1", "1e+16", "-0.0"). x must be finite. */
+void pyfloat_number_text(double x, char *out, size_t size);
+
 #endif

@@ -12,8 +12,9 @@
  *        application_name (default "loreley-host")
  *   db.settings_url(settings) -> DATABASE_URL, or the URL built from the DB_* settings
  *   db.parse_url(url) -> {host, port, user, password, dbname, params = {k = v}}
- *   db.null                      SQL NULL in rows and parameters (== cjson.null)
+ *   db.null                      SQL NULL in rows and parameters (== json.null == cjson.null)
  *   db.json_encode(v) -> text    db.json_array(t) -> t marked as a JSON array
+ *                                (loreley.json's encoder and array mark, shared)
  *   db.float_repr(x) -> Python repr(float) text ("1e-06", "6.0", "-inf")
  *   db.float_list_repr(list) -> "[1.0,2.5]" (finite numbers, as Python writes floats)
  *   db.iso(epoch) -> "2025-11-29T10:41:48.123456+00:00" (Python isoformat, UTC)
@@ -29,7 +30,8 @@
  *   conn:close()                             tostring(conn)
  *
  * Values: see docs/db.md. Timestamps are epoch seconds (numbers, microsecond resolution);
- * json/jsonb are decoded with lua-cjson; bytea is a Lua string; arrays are Lua arrays;
+ * json/jsonb are decoded with loreley.json (arrays keep json.array_mt, so [] stays []);
+ * bytea is a Lua string; arrays are Lua arrays;
  * int8 beyond +-2^53 comes back as decimal text.
  *
  * Statements with parameters are prepared once per connection and cached; the server's
@@ -53,13 +55,13 @@
 #include "host.h"
 #include "lmod.h"
 #include "log.h"
+#include "ljson.h"
 #include "pyfloat.h"
 #include "sha256.h"
 
 #define CONN_TYPE "loreley.db.conn"
 #define BUF_TYPE "loreley.db.buffer"
 #define RESULT_TYPE "loreley.db.result"
-#define JSON_ARRAY_TYPE "loreley.db.json_array"
 
 #define BACKOFF_FIRST 0.25
 #define BACKOFF_MAX 10.0
@@ -136,7 +138,6 @@ static Oid array_element(Oid oid)
 }
 
 /* Registry keys (addresses of these statics) for the JSON decoder. */
-static char json_decode_key;
 
 /* --- growable byte buffer, owned by a userdata so a raise cannot leak it ------------------ */
 
@@ -198,16 +199,6 @@ static void buffer_addc(lua_State *L, buffer *b, char c)
 
 /* --- numbers and times ------------------------------------------------------------------ */
 
-
-/* Writes a Lua number as SQL/JSON text: integral values below 1e16 without a fraction,
- * everything else as pyfloat_repr. The caller rejects non-finite values where needed. */
-static void number_text(double x, char *out, size_t size)
-{
-    if (isfinite(x) && x == floor(x) && fabs(x) < 1e16 && !(x == 0 && signbit(x)))
-        snprintf(out, size, "%.0f", x);
-    else
-        pyfloat_repr(x, out, size);
-}
 
 /* Days since 1970-01-01 of a proleptic Gregorian date (H. Hinnant's algorithm). */
 static long long days_from_civil(long long y, unsigned m, unsigned d)
@@ -337,136 +328,18 @@ static long long check_lock_key(lua_State *L, int idx)
 
 /* --- JSON encoding ---------------------------------------------------------------------- */
 
-static void json_string(lua_State *L, buffer *b, const char *s, size_t n)
-{
-    static const char hex[] = "0123456789abcdef";
-    buffer_addc(L, b, '"');
-    for (size_t i = 0; i < n; i++) {
-        unsigned char c = (unsigned char)s[i];
-        switch (c) {
-        case '"': buffer_add(L, b, "\\\"", 2); break;
-        case '\\': buffer_add(L, b, "\\\\", 2); break;
-        case '\n': buffer_add(L, b, "\\n", 2); break;
-        case '\r': buffer_add(L, b, "\\r", 2); break;
-        case '\t': buffer_add(L, b, "\\t", 2); break;
-        case '\b': buffer_add(L, b, "\\b", 2); break;
-        case '\f': buffer_add(L, b, "\\f", 2); break;
-        default:
-            if (c < 0x20) {
-                char esc[6] = {'\\', 'u', '0', '0', hex[c >> 4], hex[c & 15]};
-                buffer_add(L, b, esc, 6);
-            } else {
-                buffer_addc(L, b, (char)c);
-            }
-        }
-    }
-    buffer_addc(L, b, '"');
-}
-
-/* Is the table at idx a JSON array: marked with db.json_array, or keys exactly 1..n
- * with n >= 1? Sets *n. An empty unmarked table is an object. */
-static int table_is_array(lua_State *L, int idx, size_t *n)
-{
-    *n = lua_objlen(L, idx);
-    if (lua_getmetatable(L, idx)) {
-        luaL_getmetatable(L, JSON_ARRAY_TYPE);
-        int marked = lua_rawequal(L, -1, -2);
-        lua_pop(L, 2);
-        if (marked)
-            return 1;
-    }
-    if (*n == 0)
-        return 0;
-    size_t count = 0;
-    lua_pushnil(L);
-    while (lua_next(L, idx)) {
-        lua_pop(L, 1);
-        count++;
-        if (lua_type(L, -1) != LUA_TNUMBER) {
-            lua_pop(L, 1);
-            return 0;
-        }
-    }
-    return count == *n;
-}
-
-/* Appends the JSON text of the value at idx. path names the value in error messages.
- * Raises on values JSON cannot hold (functions, NaN, mixed tables, deep nesting). */
+/* Appends the JSON text of the value at idx (loreley.json's codec). Raises on values JSON
+ * cannot hold, with loreley.json's message ("json.encode: ..."). depth and path are
+ * kept by callers for their own messages. */
 static void json_value(lua_State *L, buffer *b, int idx, int depth, const char *path)
 {
-    idx = lmod_absindex(L, idx);
-    char num[40];
-    switch (lua_type(L, idx)) {
-    case LUA_TNIL:
-        buffer_adds(L, b, "null");
-        return;
-    case LUA_TLIGHTUSERDATA:
-        if (lua_touserdata(L, idx) == NULL) {   /* db.null / cjson.null */
-            buffer_adds(L, b, "null");
-            return;
-        }
-        break;
-    case LUA_TBOOLEAN:
-        buffer_adds(L, b, lua_toboolean(L, idx) ? "true" : "false");
-        return;
-    case LUA_TNUMBER: {
-        double x = lua_tonumber(L, idx);
-        if (!isfinite(x))
-            luaL_error(L, "loreley.db: cannot encode %s as JSON: %s is not a finite number",
-                       path, isnan(x) ? "NaN" : (x < 0 ? "-inf" : "inf"));
-        number_text(x, num, sizeof num);
-        buffer_adds(L, b, num);
-        return;
-    }
-    case LUA_TSTRING: {
-        size_t n;
-        const char *s = lua_tolstring(L, idx, &n);
-        json_string(L, b, s, n);
-        return;
-    }
-    case LUA_TTABLE: {
-        if (depth >= JSON_MAX_DEPTH)
-            luaL_error(L, "loreley.db: cannot encode %s as JSON: nested deeper than %d "
-                          "(a cycle?)", path, JSON_MAX_DEPTH);
-        size_t n;
-        if (table_is_array(L, idx, &n)) {
-            buffer_addc(L, b, '[');
-            for (size_t i = 1; i <= n; i++) {
-                if (i > 1)
-                    buffer_addc(L, b, ',');
-                lua_rawgeti(L, idx, (int)i);
-                json_value(L, b, -1, depth + 1, path);
-                lua_pop(L, 1);
-            }
-            buffer_addc(L, b, ']');
-            return;
-        }
-        buffer_addc(L, b, '{');
-        int first = 1;
-        lua_pushnil(L);
-        while (lua_next(L, idx)) {
-            if (lua_type(L, -2) != LUA_TSTRING)
-                luaL_error(L, "loreley.db: cannot encode %s as JSON: a table mixes array "
-                              "and object keys (key of type %s)", path,
-                           luaL_typename(L, -2));
-            if (!first)
-                buffer_addc(L, b, ',');
-            first = 0;
-            size_t kn;
-            const char *k = lua_tolstring(L, -2, &kn);
-            json_string(L, b, k, kn);
-            buffer_addc(L, b, ':');
-            json_value(L, b, -1, depth + 1, path);
-            lua_pop(L, 1);
-        }
-        buffer_addc(L, b, '}');
-        return;
-    }
-    default:
-        break;
-    }
-    luaL_error(L, "loreley.db: cannot encode %s as JSON: a %s has no JSON form", path,
-               luaL_typename(L, idx));
+    (void)depth;
+    (void)path;
+    ljson_push_encoded(L, idx, NULL);
+    size_t n;
+    const char *text = lua_tolstring(L, -1, &n);
+    buffer_add(L, b, text, n);
+    lua_pop(L, 1);
 }
 
 /* --- PostgreSQL array literals ---------------------------------------------------------- */
@@ -511,7 +384,7 @@ static void array_literal(lua_State *L, buffer *b, int idx, Oid element, int dep
                 buffer_adds(L, b, num);
                 buffer_addc(L, b, '"');
             } else {
-                number_text(x, num, sizeof num);
+                pyfloat_number_text(x, num, sizeof num);
                 buffer_adds(L, b, num);
             }
             break;
@@ -617,12 +490,11 @@ static const char *parse_array(lua_State *L, const char *s, value_kind kind, buf
 
 /* --- values from the server ------------------------------------------------------------- */
 
+/* json/jsonb from the server, decoded by loreley.json (arrays stay arrays). */
 static void push_json(lua_State *L, const char *s, size_t n)
 {
-    lua_pushlightuserdata(L, &json_decode_key);
-    lua_rawget(L, LUA_REGISTRYINDEX);
-    lua_pushlstring(L, s, n);
-    lua_call(L, 1, 1);
+    if (!ljson_push_decoded(L, s, n))
+        lua_error(L);   /* the server sent something that is not JSON: a bug, raise */
 }
 
 static int hex_value(char c)
@@ -1050,7 +922,7 @@ static int encode_param(lua_State *L, buffer *b, int idx, Oid oid, int *binary, 
         else if (isinf(x))
             buffer_adds(L, b, x < 0 ? "-Infinity" : "Infinity");
         else {
-            number_text(x, text, sizeof text);
+            pyfloat_number_text(x, text, sizeof text);
             buffer_adds(L, b, text);
         }
         return 0;
@@ -1900,7 +1772,7 @@ static int db_json_array(lua_State *L)
     else
         luaL_checktype(L, 1, LUA_TTABLE);
     lua_settop(L, 1);
-    luaL_getmetatable(L, JSON_ARRAY_TYPE);
+    ljson_push_array_mt(L);
     lua_setmetatable(L, 1);
     return 1;
 }
@@ -2034,18 +1906,6 @@ LMOD_OPEN(db)
     lmod_new_class(L, CONN_TYPE, conn_methods, conn_meta);
     lmod_new_class(L, BUF_TYPE, no_methods, buffer_meta);
     lmod_new_class(L, RESULT_TYPE, no_methods, result_meta);
-    luaL_newmetatable(L, JSON_ARRAY_TYPE);
-    lua_pop(L, 1);
-    /* A private lua-cjson instance decodes json/jsonb (its settings are ours alone). */
-    lua_getglobal(L, "require");
-    lua_pushstring(L, "cjson");
-    lua_call(L, 1, 1);                   /* stack: cjson */
-    lua_getfield(L, -1, "new");
-    lua_call(L, 0, 1);                   /* stack: cjson instance */
-    lua_pushlightuserdata(L, &json_decode_key);
-    lua_getfield(L, -2, "decode");       /* stack: cjson instance key decode */
-    lua_rawset(L, LUA_REGISTRYINDEX);    /* registry[key] = instance.decode */
-    lua_pop(L, 2);
     lmod_new_module(L, db_functions);
     lua_pushlightuserdata(L, NULL);
     lua_setfield(L, -2, "null");

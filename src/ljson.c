@@ -34,6 +34,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "ljson.h"
 #include "lmod.h"
 #include "pyfloat.h"
 
@@ -41,28 +42,6 @@
 
 static char array_mt_key;   /* registry key of the array metatable */
 static char raw_mt_key;     /* registry key of the metatable of json.raw values */
-
-/* --- number formatting (shared with other modules through json_format_number) ------- */
-
-int json_format_number(double v, char buf[32]);
-
-/* Writes the shortest "%.{p}g" text that reads back to v; integral values below 2^53
- * as plain integers. Returns the length. v must be finite. */
-int json_format_number(double v, char buf[32])
-{
-    if (v == floor(v) && fabs(v) < 9007199254740992.0) {
-        if (v == 0)
-            return snprintf(buf, 32, signbit(v) ? "-0" : "0");
-        return snprintf(buf, 32, "%.0f", v);
-    }
-    int n = 0;
-    for (int precision = 15; precision <= 17; precision++) {
-        n = snprintf(buf, 32, "%.*g", precision, v);
-        if (strtod(buf, NULL) == v)
-            break;
-    }
-    return n;
-}
 
 /* --- encoding ------------------------------------------------------------------------ */
 
@@ -200,7 +179,7 @@ static void encode_string(encoder *e, const char *s, size_t n)
         case '\b': jb_add(e, "\\b", 2); break;
         case '\f': jb_add(e, "\\f", 2); break;
         default:
-            if (c < 0x20 || c == 0x7f)
+            if (c < 0x20)   /* as Python's json.dumps: DEL (0x7f) is written raw */
                 add_escape_u(e, c);
             else
                 jb_addchar(e, (char)c);
@@ -242,8 +221,8 @@ static void encode_number(encoder *e, double v, int as_int)
         jb_adds(e, buf);
         return;
     }
-    int n = json_format_number(v, buf);
-    jb_add(e, buf, (size_t)n);
+    pyfloat_number_text(v, buf, sizeof buf);
+    jb_adds(e, buf);
 }
 
 /* Returns n > 0 when the table at idx is an array of n elements, 0 for an empty
@@ -416,6 +395,41 @@ static void encode_value(encoder *e, int idx, int as_int)
     }
 }
 
+/* Encodes the value at idx (absolute) with the options; the int_keys set, when given, is
+ * at stack index int_keys (0: none). Pushes the text. */
+static void encode_at(lua_State *L, int idx, const ljson_options *o, int int_keys)
+{
+    encoder e;
+    e.L = L;
+    e.sort_keys = o->sort_keys;
+    e.ascii = o->ascii;
+    e.nonfinite = o->nonfinite ? o->nonfinite : "error";
+    e.python = o->python_floats;
+    e.depth = 0;
+    e.key = NULL;
+    e.int_keys = int_keys;
+    lua_newtable(L);
+    e.scratch = lua_gettop(L);
+    e.b = lua_newuserdata(L, sizeof *e.b);
+    memset(e.b, 0, sizeof *e.b);
+    lua_newtable(L);
+    lua_pushcfunction(L, jbuf_gc);
+    lua_setfield(L, -2, "__gc");
+    lua_setmetatable(L, -2);
+    encode_value(&e, idx, 0);
+    lua_pushlstring(L, e.b->data ? e.b->data : "", e.b->len);
+    free(e.b->data);
+    e.b->data = NULL;
+    lua_replace(L, e.scratch);   /* the text replaces the scratch table */
+    lua_pop(L, 1);               /* the buffer box */
+}
+
+void ljson_push_encoded(lua_State *L, int idx, const ljson_options *options)
+{
+    static const ljson_options defaults = {0, 0, 0, NULL};
+    encode_at(L, lmod_absindex(L, idx), options ? options : &defaults, 0);
+}
+
 static const char *const encode_keys[] = {"sort_keys", "ascii", "nonfinite", "floats",
                                           "int_keys", NULL};
 
@@ -423,43 +437,29 @@ static int json_encode(lua_State *L)
 {
     luaL_checkany(L, 1);
     lmod_check_options(L, 2, encode_keys, "json.encode");
-    encoder e;
-    e.L = L;
-    e.sort_keys = lmod_opt_boolean(L, 2, "sort_keys", 0);
-    e.ascii = lmod_opt_boolean(L, 2, "ascii", 0);
-    e.nonfinite = lmod_opt_string(L, 2, "nonfinite", "error");
-    if (strcmp(e.nonfinite, "error") && strcmp(e.nonfinite, "null") &&
-        strcmp(e.nonfinite, "sentinel") && strcmp(e.nonfinite, "python"))
+    ljson_options o;
+    o.sort_keys = lmod_opt_boolean(L, 2, "sort_keys", 0);
+    o.ascii = lmod_opt_boolean(L, 2, "ascii", 0);
+    o.nonfinite = lmod_opt_string(L, 2, "nonfinite", "error");
+    if (strcmp(o.nonfinite, "error") && strcmp(o.nonfinite, "null") &&
+        strcmp(o.nonfinite, "sentinel") && strcmp(o.nonfinite, "python"))
         return luaL_error(L, "json.encode: nonfinite must be error, null, sentinel or python");
     const char *floats = lmod_opt_string(L, 2, "floats", "shortest");
     if (strcmp(floats, "shortest") && strcmp(floats, "python"))
         return luaL_error(L, "json.encode: floats must be shortest or python");
-    e.python = strcmp(floats, "python") == 0;
-    e.depth = 0;
-    e.key = NULL;
+    o.python_floats = strcmp(floats, "python") == 0;
     lua_settop(L, 2);
-    lua_newtable(L);
-    e.scratch = 3;
-    e.int_keys = 0;
+    int int_keys = 0;
     if (lua_istable(L, 2)) {
         lua_getfield(L, 2, "int_keys");
         if (lua_istable(L, -1))
-            e.int_keys = 4;
+            int_keys = 3;
         else if (!lua_isnil(L, -1))
             return luaL_error(L, "json.encode: int_keys must be a set {name = true}");
         else
             lua_pop(L, 1);
     }
-    e.b = lua_newuserdata(L, sizeof *e.b);
-    memset(e.b, 0, sizeof *e.b);
-    lua_newtable(L);
-    lua_pushcfunction(L, jbuf_gc);
-    lua_setfield(L, -2, "__gc");
-    lua_setmetatable(L, -2);
-    encode_value(&e, 1, 0);
-    lua_pushlstring(L, e.b->data ? e.b->data : "", e.b->len);
-    free(e.b->data);
-    e.b->data = NULL;
+    encode_at(L, 1, &o, int_keys);
     return 1;
 }
 
@@ -691,8 +691,7 @@ static int decode_value(decoder *d)
         lua_newtable(L);
         int t = lua_gettop(L);
         if (c == '[') {
-            lua_pushlightuserdata(L, &array_mt_key);
-            lua_rawget(L, LUA_REGISTRYINDEX);
+            ljson_push_array_mt(L);
             lua_setmetatable(L, t);
             int i = 0;
             skip_ws(d);
@@ -772,10 +771,8 @@ static int decode_value(decoder *d)
     return decode_fail(d, "unexpected character");
 }
 
-static int json_decode(lua_State *L)
+int ljson_push_decoded(lua_State *L, const char *s, size_t n)
 {
-    size_t n;
-    const char *s = luaL_checklstring(L, 1, &n);
     decoder d = {.L = L, .s = s, .n = n, .pos = 0, .depth = 0, .error = {0}};
     int top = lua_gettop(L);
     if (decode_value(&d) == 0) {
@@ -785,7 +782,34 @@ static int json_decode(lua_State *L)
         decode_fail(&d, "trailing characters");
     }
     lua_settop(L, top);
-    return lmod_fail(L, "invalid JSON: %s", d.error);
+    lua_pushfstring(L, "invalid JSON: %s", d.error);
+    return 0;
+}
+
+static int json_decode(lua_State *L)
+{
+    size_t n;
+    const char *s = luaL_checklstring(L, 1, &n);
+    if (ljson_push_decoded(L, s, n))
+        return 1;
+    lua_pushnil(L);
+    lua_insert(L, -2);
+    return 2;
+}
+
+void ljson_push_array_mt(lua_State *L)
+{
+    lua_pushlightuserdata(L, &array_mt_key);
+    lua_rawget(L, LUA_REGISTRYINDEX);
+    if (lua_isnil(L, -1)) {
+        lua_pop(L, 1);
+        lua_newtable(L);
+        lua_pushliteral(L, "array");
+        lua_setfield(L, -2, "__jsontype");
+        lua_pushlightuserdata(L, &array_mt_key);
+        lua_pushvalue(L, -2);
+        lua_rawset(L, LUA_REGISTRYINDEX);
+    }
 }
 
 static int json_array(lua_State *L)
@@ -795,8 +819,7 @@ static int json_array(lua_State *L)
     else
         luaL_checktype(L, 1, LUA_TTABLE);
     lua_settop(L, 1);
-    lua_pushlightuserdata(L, &array_mt_key);
-    lua_rawget(L, LUA_REGISTRYINDEX);
+    ljson_push_array_mt(L);
     lua_setmetatable(L, 1);
     return 1;
 }
@@ -834,18 +857,7 @@ static const luaL_Reg json_functions[] = {
 
 LMOD_OPEN(json)
 {
-    /* The array metatable is shared by every decoded array; __jsontype helps readers. */
-    lua_pushlightuserdata(L, &array_mt_key);
-    lua_rawget(L, LUA_REGISTRYINDEX);
-    if (lua_isnil(L, -1)) {
-        lua_pop(L, 1);
-        lua_newtable(L);
-        lua_pushliteral(L, "array");
-        lua_setfield(L, -2, "__jsontype");
-        lua_pushlightuserdata(L, &array_mt_key);
-        lua_pushvalue(L, -2);
-        lua_rawset(L, LUA_REGISTRYINDEX);
-    }
+    ljson_push_array_mt(L);   /* shared by every decoded array */
     int mt = lua_gettop(L);
     lua_pushlightuserdata(L, &raw_mt_key);
     lua_rawget(L, LUA_REGISTRYINDEX);

@@ -93,3 +93,11 @@ void pyfloat_repr(double x, char *out, size_t size)
     }
 #undef PUT
 }
+
+void pyfloat_number_text(double x, char *out, size_t size)
+{
+    if (isfinite(x) && x == floor(x) && fabs(x) < 1e16 && !(x == 0 && signbit(x)))
+        snprintf(out, size, "%.0f", x);
+    else
+        pyfloat_repr(x, out, size);
+}
