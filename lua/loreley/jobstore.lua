@@ -431,6 +431,22 @@ local function inspect_result(cand, payload_type)
   return nil
 end
 
+-- The worker's result of a decoded payload, checked as find_ingestable checks it:
+-- returns nil, commit_hash, metrics when it can be ingested, or the reason it cannot.
+-- (For tools and fuzzing; payload is what loreley.json decodes.)
+function M.inspect_payload(payload)
+  local kind = type(payload)
+  if kind == "table" then
+    kind = (getmetatable(payload) == json.array_mt or (payload[1] ~= nil)) and "array" or "object"
+  elseif payload == NULL then
+    kind = "null"
+  end
+  local cand = { payload = payload }
+  local reason = inspect_result(cand, kind)
+  if reason then return reason end
+  return nil, cand.commit_hash, cand.metrics
+end
+
 -- Succeeded jobs of this experiment whose ingestion has not succeeded or been skipped,
 -- filtered in SQL (never the reference's oldest-32 window): fewest attempts first, then
 -- oldest completion. opts.max_attempts (default 5; math.huge: no limit) leaves out jobs
