@@ -8,7 +8,7 @@ local db = require "loreley.db"
 
 if os.getenv("LORELEY_SANITIZE") == "1" then
   io.stderr:write("skipped: the AddressSanitizer build cannot run under valgrind\n")
-  os.exit(77)
+  os.exit(77, true)   -- close the Lua state first: nothing is left for LeakSanitizer
 end
 local probe = sys.run { "valgrind", "--version" }
 assert(probe and probe.code == 0, "valgrind is not installed (scripts/install-deps installs it)")
