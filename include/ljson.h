@@ -29,4 +29,8 @@ int ljson_push_decoded(lua_State *L, const char *s, size_t n);
 /* Pushes the metatable that marks a table as a JSON array (json.array_mt). */
 void ljson_push_array_mt(lua_State *L);
 
+/* json.array([t]) as a lua_CFunction (also db.json_array): t, or a new table, marked as
+ * a JSON array so that it encodes as [] even when empty. */
+int ljson_array(lua_State *L);
+
 #endif

@@ -1763,20 +1763,6 @@ static int db_json_encode(lua_State *L)
     return 1;
 }
 
-/* db.json_array([t]) -> t (or a new table) marked to encode as a JSON array even when
- * empty. */
-static int db_json_array(lua_State *L)
-{
-    if (lua_isnoneornil(L, 1))
-        lua_newtable(L);
-    else
-        luaL_checktype(L, 1, LUA_TTABLE);
-    lua_settop(L, 1);
-    ljson_push_array_mt(L);
-    lua_setmetatable(L, 1);
-    return 1;
-}
-
 /* db.float_list_repr(list) -> "[1.0,2.5]": a JSON array of finite numbers written as
  * Python writes floats (one call for a whole array: payload records are on the
  * scheduling hot path). Raises naming the first element that is not finite. */
@@ -1893,7 +1879,7 @@ static const luaL_Reg no_methods[] = {{NULL, NULL}};
 static const luaL_Reg db_functions[] = {
     {"connect", db_connect},         {"settings_url", db_settings_url},
     {"parse_url", db_parse_url},     {"json_encode", db_json_encode},
-    {"json_array", db_json_array},   {"float_repr", db_float_repr},
+    {"json_array", ljson_array},   {"float_repr", db_float_repr},
     {"float_list_repr", db_float_list_repr},
     {"iso", db_iso},                 {"parse_time", db_parse_time},
     {"lock_key", db_lock_key},       {NULL, NULL},

@@ -812,7 +812,7 @@ void ljson_push_array_mt(lua_State *L)
     }
 }
 
-static int json_array(lua_State *L)
+int ljson_array(lua_State *L)
 {
     if (lua_isnoneornil(L, 1))
         lua_newtable(L);
@@ -849,7 +849,7 @@ static int json_is_array(lua_State *L)
 static const luaL_Reg json_functions[] = {
     {"encode", json_encode},
     {"decode", json_decode},
-    {"array", json_array},
+    {"array", ljson_array},
     {"is_array", json_is_array},
     {"raw", json_raw},
     {NULL, NULL},

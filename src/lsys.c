@@ -8,6 +8,7 @@
  *   sys.environ() -> {NAME = value}         sys.setenv(name, value|nil)
  *   sys.getpid()  sys.geteuid()             sys.free_port() -> a free loopback TCP port
  *   sys.mkdtemp([prefix]) -> path           sys.exists(path) -> bool
+ *   sys.read_file(path) -> text | nil, msg  sys.write_file(path, text) -> true | nil, msg
  *   sys.spawn(argv, opts) -> pid            opts: env, cwd, stdin, stdout, stderr, setsid
  *   sys.run(argv, opts) -> {code, signal, stdout, stderr, timed_out}
  *                                           opts: env, cwd, input, timeout
@@ -190,6 +191,49 @@ static int sys_mkdtemp(lua_State *L)
     }
     lua_pushstring(L, templ);
     free(templ);
+    return 1;
+}
+
+static int sys_read_file(lua_State *L)
+{
+    const char *path = luaL_checkstring(L, 1);
+    FILE *f = fopen(path, "rb");
+    if (!f)
+        return lmod_fail(L, "cannot open %s: %s", path, strerror(errno));
+    luaL_Buffer b;
+    luaL_buffinit(L, &b);
+    size_t n;
+    do {
+        char *p = luaL_prepbuffer(&b);
+        n = fread(p, 1, LUAL_BUFFERSIZE, f);
+        luaL_addsize(&b, n);
+    } while (n == LUAL_BUFFERSIZE);
+    int failed = ferror(f);
+    fclose(f);
+    luaL_pushresult(&b);
+    if (failed)
+        return lmod_fail(L, "cannot read %s", path);
+    return 1;
+}
+
+static int sys_write_file(lua_State *L)
+{
+    const char *path = luaL_checkstring(L, 1);
+    size_t n;
+    const char *text = luaL_checklstring(L, 2, &n);
+    FILE *f = fopen(path, "wb");
+    if (!f)
+        return lmod_fail(L, "cannot open %s: %s", path, strerror(errno));
+    size_t written = fwrite(text, 1, n, f);
+    int failed = written != n || fflush(f) != 0;
+    int e = errno;
+    if (fclose(f) != 0 && !failed) {
+        failed = 1;
+        e = errno;
+    }
+    if (failed)
+        return lmod_fail(L, "cannot write %s: %s", path, strerror(e));
+    lua_pushboolean(L, 1);
     return 1;
 }
 
@@ -670,6 +714,7 @@ static const luaL_Reg sys_functions[] = {
     {"environ", sys_environ}, {"setenv", sys_setenv},   {"getpid", sys_getpid},
     {"geteuid", sys_geteuid}, {"free_port", sys_free_port}, {"mkdtemp", sys_mkdtemp},
     {"exists", sys_exists},   {"spawn", sys_spawn},     {"run", sys_run},
+    {"read_file", sys_read_file}, {"write_file", sys_write_file},
     {"kill", sys_kill},       {"alive", sys_alive},     {"wait", sys_wait},
     {"reap", sys_reap},
     {NULL, NULL},

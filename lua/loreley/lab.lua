@@ -14,6 +14,8 @@
 -- alone or in a comparison, and --parallel can use more cores.
 local host = require "loreley.host"
 local sys = require "loreley.sys"
+local read_file = sys.read_file
+local write_file = sys.write_file
 local json = require "loreley.json"
 local settings_mod = require "loreley.settings"
 local cli = require "loreley.lab.cli"
@@ -48,21 +50,7 @@ local function fail(message)
   return EXIT_FAILURE
 end
 
-local function write_file(path, text)
-  local f, err = io.open(path, "wb")
-  if not f then return nil, err end
-  f:write(text)
-  f:close()
-  return true
-end
 
-local function read_file(path)
-  local f = io.open(path, "rb")
-  if not f then return nil end
-  local text = f:read("*a")
-  f:close()
-  return text
-end
 
 local function mkdir_p(dir)
   local r = sys.run { "mkdir", "-p", dir }

@@ -14,6 +14,8 @@
 -- (initdb and postgres refuse root); its data then lives in a directory that user can
 -- reach.
 local sys = require "loreley.sys"
+local read_file = sys.read_file
+local write_file = sys.write_file
 local host = require "loreley.host"
 
 local M = {}
@@ -29,21 +31,7 @@ local function run(argv, opts)
   return r
 end
 
-local function read_file(path)
-  local f = io.open(path, "rb")
-  if not f then return nil end
-  local s = f:read("*a")
-  f:close()
-  return s
-end
 
-local function write_file(path, text)
-  local f, err = io.open(path, "wb")
-  if not f then return nil, err end
-  f:write(text)
-  f:close()
-  return true
-end
 
 local function log_tail(path, lines)
   local text = read_file(path)

@@ -15,6 +15,8 @@
 -- Reading a field that does not exist raises (a typo must fail loudly); optional
 -- fields that are unset read as nil.
 local cjson = require "cjson.safe"
+local sys = require "loreley.sys"
+local read_file = sys.read_file
 
 local M = {}
 
@@ -376,13 +378,6 @@ function M.parse_dotenv(text, origin)
   return out
 end
 
-local function read_file(path)
-  local f = io.open(path, "rb")
-  if not f then return nil end
-  local text = f:read("*a")
-  f:close()
-  return text
-end
 
 -- --- loading -------------------------------------------------------------------------
 
@@ -415,7 +410,7 @@ local current
 function M.load(opts)
   opts = opts or {}
   local env = opts.env
-  if not env then env = require("loreley.sys").environ() end
+  if not env then env = sys.environ() end
   local lower_env = {}
   for k, v in pairs(env) do lower_env[k:lower()] = v end
   local dot = {}

@@ -30,6 +30,7 @@
 -- first two, or the budget, count as complete.
 local host = require "loreley.host"
 local sys = require "loreley.sys"
+local write_file = sys.write_file
 local db = require "loreley.db"
 local broker_mod = require "loreley.broker"
 local settings_mod = require "loreley.settings"
@@ -216,13 +217,6 @@ end
 
 -- --- the loop -------------------------------------------------------------------------------
 
-local function write_file(path, text)
-  local f, err = io.open(path, "wb")
-  if not f then return nil, err end
-  f:write(text)
-  f:close()
-  return true
-end
 
 local function call_hook(fn, ctx, what)
   local ok, err = xpcall(fn, debug.traceback, ctx)
