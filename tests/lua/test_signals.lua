@@ -104,4 +104,30 @@ return { tick = function(ctx) host.sleep(1.2); return false end }
   t.match(r.stderr, "slow tick 1: 1%.%d+ s, longer than the poll interval of 1%.000 s")
 end)
 
+t.case("tick's return value: a delay in seconds, or false to stop", function()
+  local dir = t.tmpdir()
+  local path = t.write(dir .. "/fast.lua", [[
+local host = require "loreley.host"
+return {
+  init = function(ctx) ctx.state = { started = host.now() } end,
+  tick = function(ctx)
+    host.info("tick at %.3f", host.now() - ctx.state.started)
+    if ctx.tick >= 5 then return false end
+    return 0.2
+  end,
+}
+]])
+  local started = require("loreley.host").now()
+  local r = t.run_host({ path }, { env = { SCHEDULER_POLL_INTERVAL_SECONDS = "30" } })
+  local took = require("loreley.host").now() - started
+  t.eq(r.code, 0)
+  local times = {}
+  for v in r.stderr:gmatch("tick at (%d+%.%d+)") do times[#times + 1] = tonumber(v) end
+  t.eq(#times, 5, "five ticks, then false stopped the host")
+  for i = 2, #times do
+    t.ok(times[i] - times[i - 1] >= 0.19, ("ticks %d and %d only %.3f s apart"):format(i - 1, i, times[i] - times[i - 1]))
+  end
+  t.ok(took < 20, "the 30 s poll interval was used instead of the returned delay")
+end)
+
 t.finish()
