@@ -110,7 +110,7 @@ local PART_A_INT_KEYS = { cell_index = true, shape = true, requested_inspiration
 -- Part A RECORD of an archive row (SHAPES archive row): commit_hash, cell_index, fitness,
 -- timestamp (ISO, UTC), plus measures/solution when non-empty and metadata when wanted
 -- and non-empty.
-local function record_table(row, what, include_metadata)
+local function record_fields(row, what, include_metadata)
   if type(row) ~= "table" then fail("%s must be an archive row", what) end
   check_string(row.commit_hash, what .. ".commit_hash")
   check_integer(row.cell, what .. ".cell")
@@ -135,6 +135,32 @@ local function record_table(row, what, include_metadata)
   return r
 end
 
+-- The JSON text of a record, memoised: the same elites are drawn as bases and
+-- inspirations again and again, and writing their floats as Python does is most of the
+-- cost of a payload. An elite is identified by everything its record holds (a replaced
+-- elite has another commit, time or objective); the cache is emptied when it grows
+-- past RECORD_CACHE_MAX entries.
+local RECORD_CACHE_MAX = 65536
+local record_cache, record_cache_size = {}, 0
+
+local function record_json(row, what, include_metadata)
+  if type(row) ~= "table" then fail("%s must be an archive row", what) end
+  local key = type(row.commit_hash) == "string" and type(row.cell) == "number"
+    and type(row.objective) == "number" and type(row.timestamp) == "number"
+    and ("%s:%.17g:%.17g:%.17g:%s:%s"):format(row.commit_hash, row.cell, row.objective,
+      row.timestamp, include_metadata and "m" or "-", tostring(row.solution ~= nil))
+  local text = key and record_cache[key]
+  if text then return json.raw(text) end
+  text = json.encode(record_fields(row, what, include_metadata),
+    { floats = "python", int_keys = PART_A_INT_KEYS })
+  if key then
+    if record_cache_size >= RECORD_CACHE_MAX then record_cache, record_cache_size = {}, 0 end
+    record_cache[key] = text
+    record_cache_size = record_cache_size + 1
+  end
+  return json.raw(text)
+end
+
 -- The complete part A payload (§1.5) as JSON text.
 local function part_a(spec)
   local grid, sampling = spec.grid, spec.sampling
@@ -150,7 +176,7 @@ local function part_a(spec)
   }
   local inspirations = json.array()
   for i, row in ipairs(spec.inspirations or {}) do
-    inspirations[i] = record_table(row, ("inspirations[%d]"):format(i), include)
+    inspirations[i] = record_json(row, ("inspirations[%d]"):format(i), include)
   end
   local payload = {
     island_id = check_string(spec.island_id, "spec.island_id"),
@@ -164,7 +190,7 @@ local function part_a(spec)
         "sampling.requested_inspirations"),
       selection = selection,
     },
-    base = record_table(spec.base, "base", include),
+    base = record_json(spec.base, "base", include),
     inspirations = inspirations,
   }
   if spec.extra_context ~= nil then
