@@ -282,6 +282,14 @@ local function full_loop(total, shared)
   for _, w in ipairs(workers) do sys.kill(w, "TERM") end
   for _, w in ipairs(workers) do sys.wait(w, 10) end
   assert(st and st.code == 0, "host failed; see " .. dir .. "/bench-host.log")
+  local check = assert(require("loreley.db").connect(lstack.pg.url))
+  local done = assert(check:query([[SELECT count(*) AS n FROM evolution_jobs
+    WHERE payload->'ingestion'->'map_elites'->>'status' IN ('succeeded', 'skipped')]]))[1].n
+  check:close()
+  if done ~= total then
+    error(("full loop: %d of %d jobs ingested when the host stopped; log:\n%s"):format(done, total,
+      (sys.read_file(dir .. "/bench-host.log") or ""):sub(-3000)))
+  end
   lstack.pg:stop()
   lstack.redis:stop()
   return total / elapsed

@@ -5,7 +5,7 @@
 --   local store = jobstore.new(conn, experiment_id)
 --
 -- Jobs (evolution_jobs, contract §1.4/§1.5):
---   store:count_unfinished() -> n                      PENDING + QUEUED + RUNNING
+--   store:count_unfinished([at_most]) -> n             PENDING + QUEUED + RUNNING
 --   store:count_jobs([at_most]) -> n                   every job of the experiment
 --   store:claim_pending(limit) -> jobs                 PENDING -> QUEUED, committed
 --   store:mark_queued(ids) -> jobs                     the same for given ids
@@ -17,6 +17,7 @@
 --   store:find_ingestable(limit[, opts]) -> candidates (succeeded, not yet ingested)
 --   store:record_ingestion(job_id, state) -> true | false (no such job here)
 -- Archive and reducer state (docs: SHAPES rows):
+--   store:ingest{island_id, row?, changes, job_id?, state?}   one ingestion, one statement
 --   store:upsert_cell(island_id, row)  store:upsert_cells(island_id, rows)
 --   store:load_cells(island_id) -> rows
 --   store:save_reducer_changes(island_id, changes)  store:save_reducer(island_id, rows)
@@ -207,8 +208,21 @@ local SQL_COUNT_UNFINISHED = [[
 SELECT count(*) AS n FROM evolution_jobs
 WHERE experiment_id = $1 AND status IN ('PENDING', 'QUEUED', 'RUNNING')]]
 
-function Store:count_unfinished()
-  local rows, err, code = self.conn:query(SQL_COUNT_UNFINISHED, self.experiment_id)
+local SQL_COUNT_UNFINISHED_UPTO = [[
+SELECT count(*) AS n FROM (SELECT 1 FROM evolution_jobs
+  WHERE experiment_id = $1 AND status IN ('PENDING', 'QUEUED', 'RUNNING') LIMIT $2) s]]
+
+-- PENDING + QUEUED + RUNNING jobs of the experiment. With at_most, counting stops there:
+-- the schedule stage only needs to know whether the count reached its cap, which costs
+-- the same at 10 unfinished jobs as at 100,000.
+function Store:count_unfinished(at_most)
+  local rows, err, code
+  if at_most == nil then
+    rows, err, code = self.conn:query(SQL_COUNT_UNFINISHED, self.experiment_id)
+  else
+    check_integer(at_most, "at_most")
+    rows, err, code = self.conn:query(SQL_COUNT_UNFINISHED_UPTO, self.experiment_id, at_most)
+  end
   if not rows then return nil, err, code end
   return rows[1].n
 end
@@ -529,8 +543,9 @@ local STATES = { succeeded = true, skipped = true, failed = true }
 -- attempts is incremented; reason/delta/status_code/message are removed when nil; an
 -- older record survives when none is given. Returns true, or false when the job is not
 -- one of this experiment's.
-function Store:record_ingestion(job_id, state)
-  check_uuid(job_id, "job_id")
+-- The parameters of a part C record: status, time, reason, delta, status_code, message,
+-- record (JSON text or NULL).
+local function ingestion_params(state)
   if type(state) ~= "table" or not STATES[state.status] then
     fail("state.status must be succeeded, skipped or failed")
   end
@@ -553,8 +568,13 @@ function Store:record_ingestion(job_id, state)
     }, { floats = "python", int_keys = PART_A_INT_KEYS })
   end
   local at = state.at or host.time()
+  return state.status, db.iso(at), state.reason, delta, state.status_code, state.message, record
+end
+
+function Store:record_ingestion(job_id, state)
+  check_uuid(job_id, "job_id")
   local rows, err, code = self.conn:query(SQL_RECORD_INGESTION, job_id, self.experiment_id,
-    state.status, db.iso(at), state.reason, delta, state.status_code, state.message, record)
+    ingestion_params(state))
   if not rows then return nil, err, code end
   return rows[1] ~= nil
 end
@@ -785,6 +805,103 @@ function Store:load_reducer(island_id)
     out.history[i] = { seq = h.seq, commit_hash = h.commit_hash, vector = h.vector }
   end
   return out
+end
+
+-- --- one ingestion, one statement ------------------------------------------------------
+
+-- Everything an ingestion changes, written by ONE statement (data-modifying CTEs are
+-- atomic): the cell with its commits row when the commit entered the archive, the
+-- reducer's counter, projection, new history row and trimmed rows, and the job's part C
+-- record. One round trip per ingested commit instead of a transaction of five.
+local SQL_INGEST = [[
+WITH commit_row AS (
+  INSERT INTO commits (id, commit_hash, island_id, experiment_id, tags, extra_context)
+  SELECT gen_random_uuid(), $4, $2, $1, '{}', '{}' WHERE $3::bigint IS NOT NULL
+  ON CONFLICT (commit_hash) DO NOTHING),
+cell AS (
+  INSERT INTO loreley_archive_cells (experiment_id, island_id, cell_index, commit_hash,
+    objective, threshold, measures, solution, metadata, added_at)
+  SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, $10 WHERE $3::bigint IS NOT NULL
+  ON CONFLICT (experiment_id, island_id, cell_index) DO UPDATE SET
+    commit_hash = EXCLUDED.commit_hash, objective = EXCLUDED.objective,
+    threshold = EXCLUDED.threshold, measures = EXCLUDED.measures, solution = EXCLUDED.solution,
+    metadata = EXCLUDED.metadata, added_at = EXCLUDED.added_at, updated_at = now()
+  RETURNING 1),
+state AS (
+  INSERT INTO loreley_reducer_state (experiment_id, island_id, projection, samples_since_fit)
+  VALUES ($1, $2, $11, $12)
+  ON CONFLICT (experiment_id, island_id) DO UPDATE SET
+    projection = CASE WHEN $13 THEN EXCLUDED.projection ELSE loreley_reducer_state.projection END,
+    samples_since_fit = EXCLUDED.samples_since_fit, updated_at = now()
+  RETURNING 1),
+appended AS (
+  INSERT INTO loreley_reducer_history (experiment_id, island_id, seq, commit_hash, vector)
+  SELECT $1, $2, $14, $15, $16 WHERE $14::bigint IS NOT NULL
+  ON CONFLICT (experiment_id, island_id, seq) DO UPDATE SET commit_hash = EXCLUDED.commit_hash,
+    vector = EXCLUDED.vector
+  RETURNING 1),
+trimmed AS (
+  DELETE FROM loreley_reducer_history
+  WHERE experiment_id = $1 AND island_id = $2 AND seq < $17
+  RETURNING 1),
+job AS (
+  UPDATE evolution_jobs
+  SET payload = loreley_ingestion_payload(payload, $19, $20, $21, $22::jsonb, $23, $24, $25::jsonb),
+      updated_at = now()
+  WHERE $18::uuid IS NOT NULL AND id = $18 AND experiment_id = $1
+  RETURNING 1)
+SELECT (SELECT count(*) FROM job) AS job_updated]]
+
+-- store:ingest{island_id, row = archive row | nil, changes = reducer:take_changes(),
+--              job_id = uuid | nil, state = part C state | nil} -> true | nil, err, code
+-- Writes an ingestion atomically (the cell, the reducer's changes, the job's record).
+-- The rare change with more than one new history row goes through a transaction.
+function Store:ingest(spec)
+  if type(spec) ~= "table" then fail("ingest: spec must be a table") end
+  local island_id = check_string(spec.island_id, "spec.island_id")
+  local row, changes = spec.row, spec.changes
+  if row ~= nil then check_cell(row, "spec.row") end
+  if type(changes) ~= "table" then fail("spec.changes must be a reducer:take_changes() table") end
+  check_integer(changes.samples_since_fit, "changes.samples_since_fit")
+  if changes.projection ~= nil and type(changes.projection) ~= "string" then
+    fail("changes.projection must be a string")
+  end
+  local append = changes.append or {}
+  for i, h in ipairs(append) do check_history_row(h, ("changes.append[%d]"):format(i)) end
+  check_integer(changes.trim_before_seq, "changes.trim_before_seq", true)
+  if spec.job_id ~= nil then check_uuid(spec.job_id, "spec.job_id") end
+  if #append > 1 then
+    return self.conn:tx(function()
+      if row then
+        local ok, err, code = self:upsert_cell(island_id, row)
+        if not ok then return nil, err, code end
+      end
+      local ok, err, code = self:save_reducer_changes(island_id, changes)
+      if not ok then return nil, err, code end
+      if spec.job_id and spec.state then
+        ok, err, code = self:record_ingestion(spec.job_id, spec.state)
+        if not ok then return nil, err, code end
+      end
+      return true
+    end)
+  end
+  local h = append[1] or {}
+  local r = row or {}
+  local status, at, reason, delta, status_code, message, record = NULL, NULL, NULL, NULL, NULL, NULL, NULL
+  if spec.job_id and spec.state then
+    status, at, reason, delta, status_code, message, record = ingestion_params(spec.state)
+  end
+  local rows, err, code = self.conn:query(SQL_INGEST, self.experiment_id, island_id,
+    row and r.cell or NULL, row and r.commit_hash or NULL, row and r.objective or NULL,
+    row and r.threshold or NULL, row and db.json_array(r.measures) or NULL,
+    row and r.solution and db.json_array(r.solution) or NULL, row and r.metadata or NULL,
+    row and r.timestamp or NULL,
+    changes.projection or NULL, changes.samples_since_fit, changes.projection ~= nil,
+    h.seq or NULL, h.commit_hash or NULL, h.vector or NULL, changes.trim_before_seq or 0,
+    spec.job_id and spec.state and spec.job_id or NULL,
+    status, at, reason or NULL, delta, status_code or NULL, message or NULL, record)
+  if not rows then return nil, err, code end
+  return true
 end
 
 -- --- islands ---------------------------------------------------------------------------

@@ -384,15 +384,9 @@ function M.ingest_commit(ctx, island_id, commit_hash, metrics, metadata, job_id,
   end
   -- Persist: the cell (if changed), the reducer's new history, the job's record.
   local changes = island.reducer:take_changes()
-  local ok, perr = s.conn:tx(function()
-    if row then check("save cell", s.store:upsert_cell(island.id, row)) end
-    check("save reducer", s.store:save_reducer_changes(island.id, changes))
-    if job_id and job_state then
-      job_state(outcome)
-      check("record ingestion", s.store:record_ingestion(job_id, outcome.state))
-    end
-    return true
-  end)
+  if job_id and job_state then job_state(outcome) end
+  local ok, perr = s.store:ingest { island_id = island.id, row = row, changes = changes,
+    job_id = job_id, state = outcome.state }
   if not ok then
     -- The archive or reducer in memory is ahead of the database: reload the island
     -- before its next use, so memory never holds what was not stored.
@@ -603,6 +597,11 @@ function M.recover(ctx)
   local s = state(ctx)
   local settings = ctx.settings
   local grace = settings.loreley_recovery_grace_seconds
+  -- Recovery looks for what has been stuck for `grace` seconds: running it every tick
+  -- would only repeat the same queries. At most every grace/2 (between 0.5 and 5 s).
+  local now = host.time()   -- wall-clock time (the policy lab's virtual clock)
+  if s.next_recovery and now < s.next_recovery then return 0 end
+  s.next_recovery = now + math.max(0.5, math.min(5, grace / 2))
   local recovered = 0
   local stranded = check("find stranded jobs", s.store:find_stranded_queued(grace, 100))
   if #stranded > 0 then
@@ -656,9 +655,14 @@ end
 
 -- --- measure and schedule -----------------------------------------------------------------
 
+-- stages.measure(ctx) -> unfinished jobs, counted up to SCHEDULER_MAX_UNFINISHED_JOBS + 1:
+-- enough for the schedule stage's capacity and the stop check, at the same cost whether
+-- ten jobs or a hundred thousand are unfinished. (The tick summary then shows the capped
+-- count; the metrics count every job.)
 function M.measure(ctx)
   local s = state(ctx)
-  return check("count unfinished jobs", s.store:count_unfinished())
+  local cap = math.max(0, ctx.settings.scheduler_max_unfinished_jobs) + 1
+  return check("count unfinished jobs", s.store:count_unfinished(cap))
 end
 
 -- Writes one job for a sampler pick on an island (payload part A). Returns the job.

@@ -17,7 +17,7 @@ package.path = t.source_dir .. "/examples/?.lua;" .. package.path
 local setup = require "demo_setup"
 
 local TRIALS = tonumber(os.getenv("LORELEY_FAULT_TRIALS") or "") or 50
-local TOTAL = 400
+local TOTAL = 700
 local dir = t.tmpdir()
 local stack = setup.start(dir .. "/stack")
 local conn = assert(db.connect(stack.pg.url))

@@ -34,13 +34,14 @@ local function hash(n) return ("%040x"):format(n) end
 
 t.case("migrations: applied once, idempotent, contract DDL as the ORM makes it", function()
   local first = assert(schema.migrate(conn))
-  t.eq(first.version, 4)
-  t.same(first.applied, { "001_contract.sql", "002_job_indexes.sql", "003_host_tables.sql",
-    "004_dispatch_without_fk.sql" })
+  t.eq(first.version, schema.LATEST)
+  local names = {}
+  for i, m in ipairs(schema.MIGRATIONS) do names[i] = m.name end
+  t.same(first.applied, names)
   local second = assert(schema.migrate(conn))
   t.eq(#second.applied, 0, "nothing applied the second time")
   local st = assert(schema.status(conn))
-  t.eq(st.version, 4); t.eq(#st.pending, 0)
+  t.eq(st.version, schema.LATEST); t.eq(#st.pending, 0)
   -- the migration statements themselves are idempotent too (a database created by hand)
   for _, m in ipairs(schema.MIGRATIONS) do assert(conn:script(schema.sql(m))) end
   local labels = {}
@@ -454,6 +455,32 @@ local function vec(...)
   end
   return table.concat(out)
 end
+
+t.case("store:ingest writes cell, reducer changes and part C in one statement, or nothing", function()
+  local job = succeeded_job(store, 5100)
+  local row = archive_row(5100)
+  local state = { status = "succeeded", delta = 1.5, status_code = 2,
+    record = { commit_hash = hash(5100), cell_index = 5100, fitness = row.objective,
+      island_id = "ingest-island", timestamp = 1764412908.5 } }
+  assert(store:ingest { island_id = "ingest-island", row = row,
+    changes = { samples_since_fit = 7, append = { { seq = 41, commit_hash = hash(5100),
+      vector = vec(0.5, 0.25) } } }, job_id = job.id, state = state })
+  local cells = assert(store:load_cells("ingest-island"))
+  t.eq(#cells, 1); t.eq(cells[1].commit_hash, hash(5100)); t.eq(cells[1].threshold, row.threshold)
+  local red = assert(store:load_reducer("ingest-island"))
+  t.eq(red.samples_since_fit, 7); t.eq(#red.history, 1); t.eq(red.history[1].seq, 41)
+  local st = q(conn, "SELECT payload FROM evolution_jobs WHERE id = $1", job.id)[1].payload.ingestion.map_elites
+  t.eq(st.status, "succeeded"); t.eq(st.attempts, 1); t.eq(st.record.cell_index, 5100)
+  -- a failing part (an island id too long for varchar(64)) leaves nothing behind
+  local long = ("x"):rep(65)
+  local ok, err = store:ingest { island_id = long, row = archive_row(5101),
+    changes = { samples_since_fit = 1, append = { { seq = 1, commit_hash = hash(5101), vector = vec(1) } } },
+    job_id = job.id, state = { status = "failed", reason = "should not be recorded" } }
+  t.eq(ok, nil); t.match(err, "too long")
+  st = q(conn, "SELECT payload FROM evolution_jobs WHERE id = $1", job.id)[1].payload.ingestion.map_elites
+  t.eq(st.attempts, 1, "the job's record was not touched")
+  t.eq(#assert(store:load_cells(long:sub(1, 64))), 0)
+end)
 
 t.case("reducer state saved incrementally and loaded back", function()
   t.eq(store:load_reducer("main"), false, "nothing saved yet")
