@@ -54,6 +54,7 @@ static unsigned char byte_class[256];
 static unsigned char op_second[256];    /* can be the second byte of a listed operator */
 static unsigned char delimiter[256];    /* a lone one separates tokens but is none */
 static unsigned char ident_ascii[256];  /* [A-Za-z0-9_] */
+static unsigned char op_start[256];     /* starts an operator token wherever it is met */
 static int tables_ready;
 
 static void init_tables(void)
@@ -81,6 +82,8 @@ static void init_tables(void)
         op_second[(unsigned char)*p] = 1;
     for (const char *p = "()[]{},;:.'\"`\\#$"; *p; p++)
         delimiter[(unsigned char)*p] = 1;
+    for (int b = 0; b < 256; b++)
+        op_start[b] = byte_class[b] == C_OTHER && !delimiter[b];
     tables_ready = 1;
 }
 
@@ -274,7 +277,6 @@ static size_t operator_length(const unsigned char *s, size_t len, size_t pos)
     return 1;
 }
 
-/* Tokenizes text[0..len), at most max tokens (t->count counts them). */
 /* ---- eight bytes at a time (SWAR) ------------------------------------------------------ */
 
 #define ONES 0x0101010101010101ull
@@ -316,7 +318,9 @@ static int little_endian(void)
     return b == 1;
 }
 
-static void tokenize(tokenizer *t, const char *text, size_t len, size_t max)
+/* The byte-at-a-time tokenizer: text[0..len), at most max tokens (t->count counts
+ * them). The reference the block tokenizer below must agree with, token for token. */
+static void tokenize_bytes(tokenizer *t, const char *text, size_t len, size_t max)
 {
     init_tables();
     const unsigned char *s = (const unsigned char *)text;
@@ -507,6 +511,346 @@ done:
 #undef TOK_BEGIN
 #undef TOK_BYTE
 #undef TOK_END
+}
+
+/* ---- the block tokenizer ------------------------------------------------------------------ */
+
+/*
+ * The same tokens as tokenize_bytes, found 64 bytes at a time. A classifier turns a
+ * block into bitmasks (bit i: byte i), and bit operations give every token start and
+ * every token end of the block at once, so the scan has no branch per byte and almost
+ * none per token:
+ *
+ *   ID   identifier bytes [A-Za-z0-9_];  M = ID | '.'
+ *   N    numbers: from a digit that does not follow an ID byte (a seed), through M
+ *        (one addition carries each seed through its run of M);
+ *   LUD  letters and digits outside numbers; a word starts where the previous byte is
+ *        not one, at a digit/letter change, at lower->Upper, and at the last capital
+ *        of a run of capitals followed by a lower-case letter ("HTTPServer");
+ *   ops  the operator characters (not the lone delimiters), '.' before '.', ':' before
+ *        ':' or '=': a short loop takes the longest listed operator at each.
+ *
+ * Each token ends at exactly one end bit and starts at exactly one start bit, so the
+ * k-th start and the k-th end of a block make the k-th token. A block always begins
+ * where the byte scanner would be between two tokens (a fresh position); tokens are
+ * taken only when they end inside the block (the byte after them is known), and the
+ * next block begins at the first token that does not. Non-ASCII bytes, and tokens of
+ * 64 bytes or more, go through the byte scanner's step (scalar_step) and the blocks
+ * resume behind them.
+ */
+
+typedef struct block_class {
+    uint64_t lo, up, dg, id, dot, hi, op;
+} block_class;
+
+/*
+ * Classifies p[0..64) (p[64] is read as the byte after the last one): the masks in c,
+ * and the block lower-cased (ASCII letters only) in low[0..64). Portable version.
+ */
+static void classify_portable(const unsigned char *p, block_class *c, unsigned char *low)
+{
+    uint64_t lo = 0, up = 0, dg = 0, id = 0, dot = 0, hi = 0, op = 0;
+    for (int i = 0; i < 64; i++) {
+        unsigned char b = p[i], n = p[i + 1];
+        uint64_t bit = 1ull << i;
+        int k = byte_class[b];
+        lo |= k == C_LOWER ? bit : 0;
+        up |= k == C_UPPER ? bit : 0;
+        dg |= k == C_DIGIT ? bit : 0;
+        id |= ident_ascii[b] ? bit : 0;
+        dot |= b == '.' ? bit : 0;
+        hi |= b >= 0x80 ? bit : 0;
+        op |= (op_start[b] || (b == '.' && n == '.') || (b == ':' && (n == ':' || n == '=')))
+                  ? bit : 0;
+        low[i] = (unsigned char)(k == C_UPPER ? b + 32 : b);
+    }
+    c->lo = lo;
+    c->up = up;
+    c->dg = dg;
+    c->id = id;
+    c->dot = dot;
+    c->hi = hi;
+    c->op = op;
+}
+
+#if defined(__SSE2__)
+#include <emmintrin.h>
+
+/* 0xFF in each byte of v in [a, b] (an addition maps the range to the bottom of the
+ * signed bytes, one comparison tests it). */
+static inline __m128i in_range(__m128i v, int a, int b)
+{
+    __m128i t = _mm_add_epi8(v, _mm_set1_epi8((char)(0x80 - a)));
+    return _mm_cmplt_epi8(t, _mm_set1_epi8((char)(0x80 + (b - a) + 1)));
+}
+
+static inline __m128i is_byte(__m128i v, int b)
+{
+    return _mm_cmpeq_epi8(v, _mm_set1_epi8((char)b));
+}
+
+/* The same with SSE2 (every x86-64 processor has it), 16 bytes at a time. */
+static void classify_sse2(const unsigned char *p, block_class *c, unsigned char *low)
+{
+    uint64_t m[7][4];
+    for (int k = 0; k < 4; k++) {
+        __m128i v = _mm_loadu_si128((const __m128i *)(const void *)(p + 16 * k));
+        __m128i n = _mm_loadu_si128((const __m128i *)(const void *)(p + 16 * k + 1));
+        __m128i lo = in_range(v, 'a', 'z'), up = in_range(v, 'A', 'Z');
+        __m128i dg = in_range(v, '0', '9');
+        __m128i id = _mm_or_si128(_mm_or_si128(lo, up), _mm_or_si128(dg, is_byte(v, '_')));
+        __m128i dot = is_byte(v, '.'), colon = is_byte(v, ':');
+        __m128i space = _mm_or_si128(in_range(v, 0x09, 0x0D), in_range(v, 0x1C, 0x20));
+        /* lone delimiters: " # $  ' ( )  ,  ;  [ \ ]  `  {  } */
+        __m128i delim = _mm_or_si128(
+            _mm_or_si128(_mm_or_si128(in_range(v, 0x22, 0x24), in_range(v, 0x27, 0x29)),
+                         _mm_or_si128(is_byte(v, ','), is_byte(v, ';'))),
+            _mm_or_si128(_mm_or_si128(in_range(v, 0x5B, 0x5D), is_byte(v, '`')),
+                         _mm_or_si128(is_byte(v, '{'), is_byte(v, '}'))));
+        __m128i high = _mm_cmplt_epi8(v, _mm_setzero_si128());
+        __m128i not_op = _mm_or_si128(_mm_or_si128(_mm_or_si128(id, dot), _mm_or_si128(colon, space)),
+                                      _mm_or_si128(delim, high));
+        __m128i op = _mm_andnot_si128(not_op, _mm_set1_epi8(-1));
+        op = _mm_or_si128(op, _mm_and_si128(dot, is_byte(n, '.')));
+        op = _mm_or_si128(op, _mm_and_si128(colon, _mm_or_si128(is_byte(n, ':'), is_byte(n, '='))));
+        _mm_storeu_si128((__m128i *)(void *)(low + 16 * k),
+                         _mm_or_si128(v, _mm_and_si128(up, _mm_set1_epi8(0x20))));
+        m[0][k] = (uint64_t)(unsigned)_mm_movemask_epi8(lo);
+        m[1][k] = (uint64_t)(unsigned)_mm_movemask_epi8(up);
+        m[2][k] = (uint64_t)(unsigned)_mm_movemask_epi8(dg);
+        m[3][k] = (uint64_t)(unsigned)_mm_movemask_epi8(id);
+        m[4][k] = (uint64_t)(unsigned)_mm_movemask_epi8(dot);
+        m[5][k] = (uint64_t)(unsigned)_mm_movemask_epi8(v);
+        m[6][k] = (uint64_t)(unsigned)_mm_movemask_epi8(op);
+    }
+    uint64_t r[7];
+    for (int j = 0; j < 7; j++)
+        r[j] = m[j][0] | m[j][1] << 16 | m[j][2] << 32 | m[j][3] << 48;
+    c->lo = r[0];
+    c->up = r[1];
+    c->dg = r[2];
+    c->id = r[3];
+    c->dot = r[4];
+    c->hi = r[5];
+    c->op = r[6];
+}
+#define HAVE_SSE2_CLASSIFIER 1
+#else
+#define HAVE_SSE2_CLASSIFIER 0
+#endif
+
+/* Which tokenizer the embedding uses (descriptor_set_tokenizer, for the tests). */
+static int tokenizer_choice = DESCRIPTOR_TOKENIZER_AUTO;
+
+int descriptor_set_tokenizer(int which)
+{
+    int old = tokenizer_choice;
+    if (which >= DESCRIPTOR_TOKENIZER_AUTO && which <= DESCRIPTOR_TOKENIZER_BYTES)
+        tokenizer_choice = which;
+    return old;
+}
+
+/* One step of the byte scanner at the fresh position pos: the token(s) that start
+ * there, or the separator skipped. Returns the next fresh position (> pos). */
+static size_t scalar_step(tokenizer *t, const unsigned char *s, size_t len, size_t pos,
+                          size_t max)
+{
+    unsigned char b = s[pos];
+    switch (byte_class[b]) {
+    case C_SPACE:
+        return pos + 1;
+    case C_DIGIT:
+        tok_begin(t, pos);
+        while (pos < len) {
+            int c = byte_class[s[pos]];
+            if (c == C_DIGIT || c == C_LOWER || c == C_UNDER || s[pos] == '.')
+                tok_byte(t, s[pos]);
+            else if (c == C_UPPER)
+                tok_byte(t, (unsigned char)(s[pos] + 32));
+            else
+                break;
+            pos++;
+        }
+        tok_end(t, pos);
+        return pos;
+    case C_LOWER:
+    case C_UPPER:
+    case C_UNDER:
+        return scan_identifier(t, s, len, pos, max);
+    case C_HIGH: {
+        uint32_t cp;
+        size_t k = pytext_decode(s + pos, len - pos, &cp);
+        if (cp == PYTEXT_INVALID || pytext_is_space(cp))
+            return pos + k;
+        return scan_identifier(t, s, len, pos, max);
+    }
+    default: {
+        size_t ol = operator_length(s, len, pos);
+        if (ol == 1 && delimiter[b])
+            return pos + 1;
+        tok_begin(t, pos);
+        for (size_t i = 0; i < ol; i++)
+            tok_byte(t, s[pos + i]);
+        tok_end(t, pos + ol);
+        return pos + ol;
+    }
+    }
+}
+
+/* Bits below n (n <= 64). */
+static inline uint64_t bits_below(unsigned n)
+{
+    return n >= 64 ? ~0ull : (1ull << n) - 1;
+}
+
+static inline unsigned top_bit(uint64_t x)
+{
+    return 63u - (unsigned)__builtin_clzll(x);
+}
+
+/* The hash of the token bytes low[0..n) (1 <= n < 64; low has 8 readable bytes past
+ * the token), as tok_begin / tok_byte / tok_end compute it. */
+static inline uint64_t hash_bytes(const unsigned char *low, size_t n)
+{
+    uint64_t h = SEED_TOKEN, word;
+    if (n < 8) {
+        word = load8(low) & ((1ull << (8 * n)) - 1);
+    } else {
+        size_t i = 0;
+        for (; i + 8 <= n; i += 8) {
+            h = (h ^ load8(low + i)) * 0xFF51AFD7ED558CCDull;
+            h ^= h >> 32;
+        }
+        size_t r = n - i;
+        word = r ? load8(low + i) & ((1ull << (8 * r)) - 1) : 0;
+    }
+    return mix64(h ^ word ^ ((uint64_t)n << 56));
+}
+
+static void tokenize_blocks(tokenizer *t, const char *text, size_t len, size_t max,
+                            int portable)
+{
+    init_tables();
+    const unsigned char *s = (const unsigned char *)text;
+    /* tail: the last bytes, padded with spaces (a space ends every token, as the end of
+     * the text does); low: the lower-cased block and the 8 bytes hash_bytes may read */
+    unsigned char tail[64 + 16], low[64 + 16];
+    memset(low + 64, 0, 16);
+    size_t pos = 0;
+    while (pos < len && t->count < max && !t->failed) {
+        const unsigned char *p = s + pos;
+        size_t avail = len - pos;
+        if (avail < 65) {
+            memset(tail, ' ', sizeof tail);
+            memcpy(tail, p, avail);
+            p = tail;
+        }
+        block_class c;
+#if HAVE_SSE2_CLASSIFIER
+        if (!portable)
+            classify_sse2(p, &c, low);
+        else
+#endif
+            classify_portable(p, &c, low);
+
+        uint64_t id = c.id;
+        uint64_t seeds = c.dg & ~(id << 1), m = id | c.dot;
+        uint64_t num = (m & ~(m + seeds)) | seeds;
+        uint64_t idn = id & ~num;
+        uint64_t lud = idn & (c.lo | c.up | c.dg);
+        uint64_t word_start = lud & (~(lud << 1) | (c.dg ^ (c.dg << 1)) | (c.up & (c.lo << 1)) |
+                                     (c.up & (c.up << 1) & (c.lo >> 1)));
+        uint64_t word_end = (word_start | ~lud) & (lud << 1);
+        uint64_t num_start = num & ~(num << 1), num_end = ~num & (num << 1);
+
+        /* The first token that does not end inside the block: a run through bit 63. */
+        unsigned limit = 64;
+        int step = 0;                /* the byte scanner takes over at limit */
+        if (num >> 63) {
+            limit = top_bit(num_start);
+        } else if (idn >> 63) {
+            limit = top_bit(idn & ~(idn << 1));
+        }
+        if (c.hi) {
+            /* a non-ASCII byte: the byte scanner from it, or from the start of the
+             * identifier it may continue */
+            unsigned h = (unsigned)__builtin_ctzll(c.hi), at = h;
+            if (h > 0 && (idn >> (h - 1)) & 1)
+                at = top_bit(idn & ~(idn << 1) & bits_below(h));
+            if (at <= limit) {
+                limit = at;
+                step = 1;
+            }
+        }
+        uint64_t ops = c.op & ~num & bits_below(limit), op_start_bits = 0, op_end = 0;
+        unsigned next = 0;
+        while (ops) {
+            unsigned q = (unsigned)__builtin_ctzll(ops);
+            ops &= ops - 1;
+            if (q < next)
+                continue;            /* the second or third byte of the last operator */
+            if (q > 60) {            /* its length depends on bytes past the block */
+                limit = q;
+                step = 0;
+                break;
+            }
+            unsigned ol = 1;
+            if (op_second[low[q + 1]])
+                ol = (unsigned)operator_length(low, q + 3, q);
+            op_start_bits |= 1ull << q;
+            op_end |= 1ull << (q + ol);
+            next = q + ol;
+        }
+
+        uint64_t starts = (word_start | num_start | op_start_bits) & bits_below(limit);
+        uint64_t ends = (word_end | num_end | op_end) & bits_below(limit + 1);
+        size_t n = (size_t)__builtin_popcountll(starts);
+        if (t->count + n > t->cap) {
+            size_t nc = t->cap ? t->cap : 1024;
+            while (nc < t->count + n)
+                nc *= 2;
+            token *np = realloc(t->toks, nc * sizeof *np);
+            if (!np) {
+                t->failed = 1;
+                return;
+            }
+            t->toks = np;
+            t->cap = nc;
+        }
+        if (n > max - t->count)
+            n = max - t->count;
+        token *out = t->toks + t->count;
+        for (size_t k = 0; k < n; k++) {
+            unsigned a = (unsigned)__builtin_ctzll(starts), b = (unsigned)__builtin_ctzll(ends);
+            starts &= starts - 1;
+            ends &= ends - 1;
+            out[k].hash = hash_bytes(low + a, b - a);
+            out[k].start = pos + a;
+            out[k].end = pos + b;
+        }
+        t->count += n;
+        if (t->count >= max)
+            return;
+        pos += limit;
+        if (step || limit == 0)
+            pos = scalar_step(t, s, len, pos, max);
+    }
+}
+
+/* Tokenizes text[0..len), at most max tokens, with the chosen tokenizer. */
+static void tokenize(tokenizer *t, const char *text, size_t len, size_t max)
+{
+    switch (tokenizer_choice) {
+    case DESCRIPTOR_TOKENIZER_BYTES:
+        tokenize_bytes(t, text, len, max);
+        break;
+    case DESCRIPTOR_TOKENIZER_PORTABLE:
+        tokenize_blocks(t, text, len, max, 1);
+        break;
+    default:
+        tokenize_blocks(t, text, len, max, 0);
+        break;
+    }
 }
 
 void descriptor_tokens(const char *text, size_t len,
