@@ -904,54 +904,73 @@ out:
 /* ---- feature counting -------------------------------------------------------------------- */
 
 /*
- * Distinct features of one chunk are counted in an open-addressing table of 32-bit
- * entries, (tag << 16) | (index + 1), whose index points into dense arrays in insertion
- * order. The table stays small (16 KB for the usual chunk) so probing stays in L1.
+ * Distinct features of one chunk are counted in an open-addressing table (linear
+ * probing) whose entries hold the 64-bit feature key and its count; the slots in the
+ * order the features first appeared are listed in `order`, since the vector is summed in
+ * that order (floating-point addition is not associative: the order is part of the
+ * result). The table has at least four slots per feature of the chunk (at most half
+ * full, usually a fifth), so a probe almost always ends at the first slot, and an insert
+ * is the same few instructions whether the feature is new or not. Key 0, which marks an
+ * empty slot, has its own slot just past the probed ones. The table is cleared entry by
+ * entry as the vector is summed, so it is all zero between chunks.
  */
+typedef struct feature_slot {
+    uint64_t key;
+    uint64_t count;
+} feature_slot;
+
 struct descriptor_embedder {
     tokenizer tok;
     size_t dims;
-    uint32_t *table;            /* cap entries, 0 = empty */
-    uint64_t *fkeys;            /* dense, insertion order */
-    uint32_t *fcounts;
-    uint32_t *fslots;           /* table slot of each dense entry (to clear it) */
-    size_t cap, nused;          /* cap: power of two; nused <= cap / 2 < 65535 */
-    int failed;                 /* ENOMEM while counting */
+    feature_slot *table;        /* cap + 1 entries, all zero between chunks */
+    uint32_t *order;            /* cap / 2 entries: slots in first-appearance order */
+    size_t cap;                 /* power of two */
     double log_table[64];       /* 1 + ln(c) for c < 64 */
 };
 
-#define TABLE_MIN 4096
-#define TABLE_MAX 65536         /* 2 * (2 * DESCRIPTOR_MAX_CHUNK_TOKENS) rounded up */
+#define TABLE_MIN 1024         /* slots; at most 4 * 2 * DESCRIPTOR_MAX_CHUNK_TOKENS (1 MB) */
 
-static int table_alloc(descriptor_embedder *e, size_t cap)
+/* Makes the table hold at least cap slots (cap a power of two). */
+static int table_reserve(descriptor_embedder *e, size_t cap)
 {
-    uint32_t *table = calloc(cap, sizeof *table);
-    uint64_t *fkeys = realloc(e->fkeys, cap / 2 * sizeof *fkeys);
-    if (fkeys)
-        e->fkeys = fkeys;
-    uint32_t *fcounts = realloc(e->fcounts, cap / 2 * sizeof *fcounts);
-    if (fcounts)
-        e->fcounts = fcounts;
-    uint32_t *fslots = realloc(e->fslots, cap / 2 * sizeof *fslots);
-    if (fslots)
-        e->fslots = fslots;
-    if (!table || !fkeys || !fcounts || !fslots) {
+    if (cap <= e->cap)
+        return 0;
+    feature_slot *table = calloc(cap + 1, sizeof *table);
+    uint32_t *order = malloc(cap / 2 * sizeof *order);
+    if (!table || !order) {
         free(table);
+        free(order);
         return DESCRIPTOR_ENOMEM;
     }
     free(e->table);
+    free(e->order);
     e->table = table;
+    e->order = order;
     e->cap = cap;
-    /* Re-insert the dense entries (their order, and so the result, is unchanged). */
-    for (size_t i = 0; i < e->nused; i++) {
-        uint64_t key = e->fkeys[i];
-        size_t slot = (size_t)key & (cap - 1);
-        while (table[slot])
-            slot = (slot + 1) & (cap - 1);
-        table[slot] = (uint32_t)((key >> 48) << 16) | (uint32_t)(i + 1);
-        e->fslots[i] = (uint32_t)slot;
-    }
     return 0;
+}
+
+/*
+ * Counts one feature: its slot is the first, from key & mask on, that holds the key or
+ * is empty (key 0 has slot cap). The loop test is a single comparison, min(k, k ^ key)
+ * == 0, so the branch does not depend on whether the feature is new. Returns the new
+ * number of distinct features.
+ */
+static inline size_t count_feature(feature_slot *table, uint32_t *order, size_t nused,
+                                   size_t mask, size_t cap, uint64_t key)
+{
+    size_t slot = key ? (size_t)key & mask : cap;
+    for (;;) {
+        uint64_t k = table[slot].key, x = k ^ key;
+        if ((k < x ? k : x) == 0)
+            break;
+        slot = (slot + 1) & mask;
+    }
+    uint64_t c = table[slot].count;
+    table[slot].key = key;
+    table[slot].count = c + 1;
+    order[nused] = (uint32_t)slot;
+    return nused + (c == 0);
 }
 
 /*
@@ -960,62 +979,33 @@ static int table_alloc(descriptor_embedder *e, size_t cap)
  */
 static int embed_tokens(descriptor_embedder *e, const token *toks, size_t n, double *out)
 {
-    e->nused = 0;
-    e->failed = 0;
-    /* Counting with the table state in locals (stores into the arrays cannot then be
-     * taken for changes of e's fields). */
-    size_t nused = 0, cap = e->cap, mask = cap - 1;
-    uint32_t *table = e->table, *fcounts = e->fcounts, *fslots = e->fslots;
-    uint64_t *fkeys = e->fkeys;
-    uint64_t prev = 0;
-    for (size_t i = 0; i < 2 * n; i++) {
-        uint64_t h = toks[i / 2].hash, key;
-        if (i & 1) {
-            key = h;
-        } else {
-            if (i == 0)
-                continue;            /* no bigram before the first token */
-            key = mix64(prev * 0x9E3779B97F4A7C15ull + h + SEED_BIGRAM);
-        }
-        prev = h;
-        if (2 * (nused + 1) > cap) {
-            e->nused = nused;
-            if (cap >= TABLE_MAX || table_alloc(e, cap * 2) != 0) {
-                e->failed = 1;
-                break;
-            }
-            cap = e->cap;
-            mask = cap - 1;
-            table = e->table;
-            fcounts = e->fcounts;
-            fslots = e->fslots;
-            fkeys = e->fkeys;
-        }
-        size_t slot = (size_t)key & mask;
-        uint32_t tag = (uint32_t)(key >> 48);
-        for (;;) {
-            uint32_t entry = table[slot];
-            if (!entry) {
-                table[slot] = (tag << 16) | (uint32_t)(nused + 1);
-                fkeys[nused] = key;
-                fcounts[nused] = 1;
-                fslots[nused] = (uint32_t)slot;
-                nused++;
-                break;
-            }
-            if ((entry >> 16) == tag && fkeys[(entry & 0xFFFF) - 1] == key) {
-                fcounts[(entry & 0xFFFF) - 1]++;
-                break;
-            }
-            slot = (slot + 1) & mask;
-        }
-    }
-    e->nused = nused;
     size_t dims = e->dims;
     memset(out, 0, dims * sizeof *out);
-    for (size_t i = 0; i < e->nused; i++) {
-        uint64_t key = e->fkeys[i];
-        uint32_t c = e->fcounts[i];
+    if (n == 0)
+        return 0;
+    /* Features: u0, b01, u1, b12, u2, ...: 2n - 1 of them. */
+    size_t cap = TABLE_MIN;
+    while (cap < 4 * (2 * n))
+        cap *= 2;
+    if (table_reserve(e, cap) != 0)
+        return DESCRIPTOR_ENOMEM;
+    /* The chunk uses the first cap slots of the (all zero) table: a small chunk touches
+     * few cache lines even after a large one grew the table. */
+    size_t mask = cap - 1;
+    feature_slot *table = e->table;
+    uint32_t *order = e->order;
+    size_t nused = 0;
+    for (size_t j = 0; j < n; j++) {
+        uint64_t h = toks[j].hash;
+        nused = count_feature(table, order, nused, mask, cap, h);
+        if (j + 1 < n) {
+            uint64_t key = mix64(h * 0x9E3779B97F4A7C15ull + toks[j + 1].hash + SEED_BIGRAM);
+            nused = count_feature(table, order, nused, mask, cap, key);
+        }
+    }
+    for (size_t i = 0; i < nused; i++) {
+        feature_slot *f = &table[order[i]];
+        uint64_t key = f->key, c = f->count;
         double w = c < 64 ? e->log_table[c] : 1.0 + log((double)c);
         size_t bucket = (size_t)(((key >> 32) * (uint64_t)dims) >> 32);
         uint64_t bits;                   /* the sign of bit 0, without a branch */
@@ -1023,11 +1013,9 @@ static int embed_tokens(descriptor_embedder *e, const token *toks, size_t n, dou
         bits ^= (key & 1) << 63;
         memcpy(&w, &bits, sizeof w);
         out[bucket] += w;
-        e->table[e->fslots[i]] = 0;  /* clear as we go: empty for the next chunk */
+        f->key = 0;                      /* clear as we go: empty for the next chunk */
+        f->count = 0;
     }
-    e->nused = 0;
-    if (e->failed)
-        return DESCRIPTOR_ENOMEM;
     double norm = 0.0;
     for (size_t i = 0; i < dims; i++)
         norm += out[i] * out[i];
@@ -1047,7 +1035,7 @@ descriptor_embedder *descriptor_embedder_new(size_t dimensions)
     if (!e)
         return NULL;
     e->dims = dimensions;
-    if (table_alloc(e, TABLE_MIN) != 0) {
+    if (table_reserve(e, TABLE_MIN) != 0) {
         descriptor_embedder_free(e);
         return NULL;
     }
@@ -1061,9 +1049,7 @@ void descriptor_embedder_free(descriptor_embedder *e)
     if (!e)
         return;
     free(e->table);
-    free(e->fkeys);
-    free(e->fcounts);
-    free(e->fslots);
+    free(e->order);
     free(e->tok.toks);
     free(e);
 }
