@@ -232,18 +232,19 @@ void descriptor_tokens(const char *text, size_t len,
                        void (*fn)(const char *token, size_t len, void *ctx), void *ctx);
 
 /*
- * The tokenizer behind the embedding and descriptor_tokens, for tests and benchmarks:
- * AUTO (the default: 64-byte blocks classified with SSE2 where the processor has it),
- * PORTABLE (the same blocks classified in plain C) or BYTES (the byte-at-a-time
- * reference scanner). All three give the same tokens; the tests check it. Process-wide,
- * not thread-safe: set it before any embedding runs. Returns the previous choice.
+ * The scanning kernels (tokenizer, line splitter, cleanup scan), for tests and
+ * benchmarks: AUTO (the default: 64-byte blocks classified with SSE2 where the processor
+ * has it, i.e. on every x86-64), PORTABLE (the same blocks classified in plain C) or
+ * REFERENCE (the byte-at-a-time code). All three give the same results, bit for bit;
+ * the tests check it. Process-wide and not thread-safe: set it before any work starts.
+ * Returns the previous choice (an unknown value changes nothing).
  */
 enum {
-    DESCRIPTOR_TOKENIZER_AUTO = 0,
-    DESCRIPTOR_TOKENIZER_PORTABLE,
-    DESCRIPTOR_TOKENIZER_BYTES,
+    DESCRIPTOR_KERNELS_AUTO = 0,
+    DESCRIPTOR_KERNELS_PORTABLE,
+    DESCRIPTOR_KERNELS_REFERENCE,
 };
-int descriptor_set_tokenizer(int which);
+int descriptor_set_kernels(int which);
 
 /* Weighted mean of §3.4: weights <= 0 are skipped; if all are, the plain mean. */
 void descriptor_weighted_mean(const double *vectors, const double *weights, size_t n,

@@ -105,22 +105,9 @@ int descriptor_chunk_text(const descriptor_options *o, const char *text, size_t 
     c->total_lines = 0;
     c->text.len = 0;
     /* Lines of str.splitlines(): (start, length) pairs in c->lines. */
-    size_t n = 0, pos = 0;
-    while (pos < len) {
-        size_t ll, next = pytext_next_line(text, len, pos, &ll);
-        if (2 * (n + 1) > c->lines_cap) {
-            size_t nc = c->lines_cap ? c->lines_cap * 2 : 512;
-            size_t *p = realloc(c->lines, nc * sizeof *p);
-            if (!p)
-                return DESCRIPTOR_ENOMEM;
-            c->lines = p;
-            c->lines_cap = nc;
-        }
-        c->lines[2 * n] = pos;
-        c->lines[2 * n + 1] = ll;
-        n++;
-        pos = next;
-    }
+    size_t n;
+    if (pytext_split_lines(text, len, &c->lines, &c->lines_cap, &n) != 0)
+        return DESCRIPTOR_ENOMEM;
     c->total_lines = n;
     if (n == 0)
         return 0;

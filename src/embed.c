@@ -639,17 +639,6 @@ static void classify_sse2(const unsigned char *p, block_class *c, unsigned char 
 #define HAVE_SSE2_CLASSIFIER 0
 #endif
 
-/* Which tokenizer the embedding uses (descriptor_set_tokenizer, for the tests). */
-static int tokenizer_choice = DESCRIPTOR_TOKENIZER_AUTO;
-
-int descriptor_set_tokenizer(int which)
-{
-    int old = tokenizer_choice;
-    if (which >= DESCRIPTOR_TOKENIZER_AUTO && which <= DESCRIPTOR_TOKENIZER_BYTES)
-        tokenizer_choice = which;
-    return old;
-}
-
 /* One step of the byte scanner at the fresh position pos: the token(s) that start
  * there, or the separator skipped. Returns the next fresh position (> pos). */
 static size_t scalar_step(tokenizer *t, const unsigned char *s, size_t len, size_t pos,
@@ -840,11 +829,11 @@ static void tokenize_blocks(tokenizer *t, const char *text, size_t len, size_t m
 /* Tokenizes text[0..len), at most max tokens, with the chosen tokenizer. */
 static void tokenize(tokenizer *t, const char *text, size_t len, size_t max)
 {
-    switch (tokenizer_choice) {
-    case DESCRIPTOR_TOKENIZER_BYTES:
+    switch (pytext_kernels) {
+    case PYTEXT_KERNELS_REFERENCE:
         tokenize_bytes(t, text, len, max);
         break;
-    case DESCRIPTOR_TOKENIZER_PORTABLE:
+    case PYTEXT_KERNELS_PORTABLE:
         tokenize_blocks(t, text, len, max, 1);
         break;
     default:
