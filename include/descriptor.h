@@ -191,7 +191,7 @@ typedef struct descriptor_chunk {
     size_t start_line;          /* 1-based */
     size_t end_line;            /* inclusive */
     size_t line_count;          /* end_line - start_line + 1 (trimmed lines included) */
-    size_t offset, len;         /* content in descriptor_chunks.text */
+    size_t offset, len;         /* content in descriptor_chunks.text (or the range) */
 } descriptor_chunk;
 
 typedef struct descriptor_chunks {
@@ -206,6 +206,14 @@ typedef struct descriptor_chunks {
 /* Chunks text (§3.3) into out, replacing what it held (its memory is reused). */
 int descriptor_chunk_text(const descriptor_options *o, const char *text, size_t len,
                           descriptor_chunks *out);
+/*
+ * The same windows, without building their contents: each chunk's offset and len give
+ * its lines' bytes in `text` itself, breaks as they are (not joined with "\n" nor
+ * trimmed); out->text stays empty. Every line break is whitespace to the tokenizer, so a
+ * range has the same tokens as the joined content (the embedding reads these).
+ */
+int descriptor_chunk_ranges(const descriptor_options *o, const char *text, size_t len,
+                            descriptor_chunks *out);
 void descriptor_chunks_free(descriptor_chunks *c);
 
 /* ---- embedding (§3.4 pooling) --------------------------------------------------------- */

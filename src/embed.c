@@ -1312,7 +1312,7 @@ int descriptor_workspace_add(descriptor_workspace *w, const descriptor_options *
         return 0;
     }
     w->kept++;
-    if (descriptor_chunk_text(o, w->clean.data, w->clean.len, &w->chunks) != 0)
+    if (descriptor_chunk_ranges(o, w->clean.data, w->clean.len, &w->chunks) != 0)
         return DESCRIPTOR_ENOMEM;
     r->total_lines = w->chunks.total_lines;
     r->chunk_count = w->chunks.count;
@@ -1325,7 +1325,7 @@ int descriptor_workspace_add(descriptor_workspace *w, const descriptor_options *
     descriptor_embedder *e = w->embedder;
     for (size_t c = 0; c < w->chunks.count && w->used < cap; c++) {
         const descriptor_chunk *ch = &w->chunks.items[c];
-        if (descriptor_embed_chunk(e, w->chunks.text.data + ch->offset, ch->len, w->vector) != 0)
+        if (descriptor_embed_chunk(e, w->clean.data + ch->offset, ch->len, w->vector) != 0)
             return DESCRIPTOR_ENOMEM;
         pooler_add(&w->pool, index, w->vector,
                    (double)(ch->line_count > 1 ? ch->line_count : 1));
