@@ -592,7 +592,7 @@ static inline __m128i is_byte(__m128i v, int b)
 /* The same with SSE2 (every x86-64 processor has it), 16 bytes at a time. */
 static void classify_sse2(const unsigned char *p, block_class *c, unsigned char *low)
 {
-    uint64_t m[7][4];
+    uint64_t lo_m = 0, up_m = 0, dg_m = 0, id_m = 0, dot_m = 0, hi_m = 0, op_m = 0;
     for (int k = 0; k < 4; k++) {
         __m128i v = _mm_loadu_si128((const __m128i *)(const void *)(p + 16 * k));
         __m128i n = _mm_loadu_si128((const __m128i *)(const void *)(p + 16 * k + 1));
@@ -615,24 +615,22 @@ static void classify_sse2(const unsigned char *p, block_class *c, unsigned char 
         op = _mm_or_si128(op, _mm_and_si128(colon, _mm_or_si128(is_byte(n, ':'), is_byte(n, '='))));
         _mm_storeu_si128((__m128i *)(void *)(low + 16 * k),
                          _mm_or_si128(v, _mm_and_si128(up, _mm_set1_epi8(0x20))));
-        m[0][k] = (uint64_t)(unsigned)_mm_movemask_epi8(lo);
-        m[1][k] = (uint64_t)(unsigned)_mm_movemask_epi8(up);
-        m[2][k] = (uint64_t)(unsigned)_mm_movemask_epi8(dg);
-        m[3][k] = (uint64_t)(unsigned)_mm_movemask_epi8(id);
-        m[4][k] = (uint64_t)(unsigned)_mm_movemask_epi8(dot);
-        m[5][k] = (uint64_t)(unsigned)_mm_movemask_epi8(v);
-        m[6][k] = (uint64_t)(unsigned)_mm_movemask_epi8(op);
+        int sh = 16 * k;
+        lo_m |= (uint64_t)(unsigned)_mm_movemask_epi8(lo) << sh;
+        up_m |= (uint64_t)(unsigned)_mm_movemask_epi8(up) << sh;
+        dg_m |= (uint64_t)(unsigned)_mm_movemask_epi8(dg) << sh;
+        id_m |= (uint64_t)(unsigned)_mm_movemask_epi8(id) << sh;
+        dot_m |= (uint64_t)(unsigned)_mm_movemask_epi8(dot) << sh;
+        hi_m |= (uint64_t)(unsigned)_mm_movemask_epi8(v) << sh;
+        op_m |= (uint64_t)(unsigned)_mm_movemask_epi8(op) << sh;
     }
-    uint64_t r[7];
-    for (int j = 0; j < 7; j++)
-        r[j] = m[j][0] | m[j][1] << 16 | m[j][2] << 32 | m[j][3] << 48;
-    c->lo = r[0];
-    c->up = r[1];
-    c->dg = r[2];
-    c->id = r[3];
-    c->dot = r[4];
-    c->hi = r[5];
-    c->op = r[6];
+    c->lo = lo_m;
+    c->up = up_m;
+    c->dg = dg_m;
+    c->id = id_m;
+    c->dot = dot_m;
+    c->hi = hi_m;
+    c->op = op_m;
 }
 #define HAVE_SSE2_CLASSIFIER 1
 #else
@@ -793,11 +791,8 @@ static void tokenize_blocks(tokenizer *t, const char *text, size_t len, size_t m
 
         uint64_t starts = (word_start | num_start | op_start_bits) & bits_below(limit);
         uint64_t ends = (word_end | num_end | op_end) & bits_below(limit + 1);
-        size_t n = (size_t)__builtin_popcountll(starts);
-        if (t->count + n > t->cap) {
-            size_t nc = t->cap ? t->cap : 1024;
-            while (nc < t->count + n)
-                nc *= 2;
+        if (t->cap - t->count < 64) {          /* room for a block's tokens */
+            size_t nc = t->cap ? t->cap * 2 : 1024;
             token *np = realloc(t->toks, nc * sizeof *np);
             if (!np) {
                 t->failed = 1;
@@ -806,16 +801,16 @@ static void tokenize_blocks(tokenizer *t, const char *text, size_t len, size_t m
             t->toks = np;
             t->cap = nc;
         }
-        if (n > max - t->count)
-            n = max - t->count;
         token *out = t->toks + t->count;
-        for (size_t k = 0; k < n; k++) {
+        size_t n = 0, room = max - t->count;
+        while (starts && n < room) {
             unsigned a = (unsigned)__builtin_ctzll(starts), b = (unsigned)__builtin_ctzll(ends);
             starts &= starts - 1;
             ends &= ends - 1;
-            out[k].hash = hash_bytes(low + a, b - a);
-            out[k].start = pos + a;
-            out[k].end = pos + b;
+            out[n].hash = hash_bytes(low + a, b - a);
+            out[n].start = pos + a;
+            out[n].end = pos + b;
+            n++;
         }
         t->count += n;
         if (t->count >= max)
