@@ -957,6 +957,34 @@ static inline size_t count_feature(feature_slot *table, uint32_t *order, size_t 
     return nused + (c == 0);
 }
 
+/* v[i] /= d for every i; two at a time with SSE2 (the same IEEE division per lane). */
+static void divide_all(double *v, size_t n, double d)
+{
+    size_t i = 0;
+#if defined(__SSE2__)
+    __m128d dd = _mm_set1_pd(d);
+    for (; i + 2 <= n; i += 2)
+        _mm_storeu_pd(v + i, _mm_div_pd(_mm_loadu_pd(v + i), dd));
+#endif
+    for (; i < n; i++)
+        v[i] /= d;
+}
+
+/* sum[i] += v[i] * w for every i (a product, then a sum, each rounded: as in scalar
+ * code compiled with -ffp-contract=off); two at a time with SSE2. */
+static void add_scaled(double *sum, const double *v, double w, size_t n)
+{
+    size_t i = 0;
+#if defined(__SSE2__)
+    __m128d ww = _mm_set1_pd(w);
+    for (; i + 2 <= n; i += 2)
+        _mm_storeu_pd(sum + i, _mm_add_pd(_mm_loadu_pd(sum + i),
+                                          _mm_mul_pd(_mm_loadu_pd(v + i), ww)));
+#endif
+    for (; i < n; i++)
+        sum[i] += v[i] * w;
+}
+
 /*
  * The vector of a token sequence: every unigram and bigram counted, then
  * sign * (1 + ln count) per distinct feature, L2-normalised.
@@ -1003,11 +1031,8 @@ static int embed_tokens(descriptor_embedder *e, const token *toks, size_t n, dou
     double norm = 0.0;
     for (size_t i = 0; i < dims; i++)
         norm += out[i] * out[i];
-    if (norm > 0.0) {
-        norm = sqrt(norm);
-        for (size_t i = 0; i < dims; i++)
-            out[i] /= norm;
-    }
+    if (norm > 0.0)
+        divide_all(out, dims, sqrt(norm));
     return 0;
 }
 
@@ -1183,9 +1208,7 @@ static pool_group *pooler_group(pooler *p, const char *path, size_t len, long lo
 
 static void pooler_add(pooler *p, size_t index, const double *v, double w)
 {
-    double *sum = p->sums + index * p->dims;
-    for (size_t d = 0; d < p->dims; d++)
-        sum[d] += v[d] * w;
+    add_scaled(p->sums + index * p->dims, v, w, p->dims);
     p->groups[index].weight_sum += w;
 }
 
