@@ -695,21 +695,31 @@ static inline unsigned top_bit(uint64_t x)
     return 63u - (unsigned)__builtin_clzll(x);
 }
 
+/* Eight bytes as tok_byte packs them: byte i in bits 8i..8i+7, on any host. */
+static inline uint64_t load_le64(const unsigned char *p)
+{
+    uint64_t w = load8(p);
+#if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_BIG_ENDIAN__
+    w = __builtin_bswap64(w);
+#endif
+    return w;
+}
+
 /* The hash of the token bytes low[0..n) (1 <= n < 64; low has 8 readable bytes past
  * the token), as tok_begin / tok_byte / tok_end compute it. */
 static inline uint64_t hash_bytes(const unsigned char *low, size_t n)
 {
     uint64_t h = SEED_TOKEN, word;
     if (n < 8) {
-        word = load8(low) & ((1ull << (8 * n)) - 1);
+        word = load_le64(low) & ((1ull << (8 * n)) - 1);
     } else {
         size_t i = 0;
         for (; i + 8 <= n; i += 8) {
-            h = (h ^ load8(low + i)) * 0xFF51AFD7ED558CCDull;
+            h = (h ^ load_le64(low + i)) * 0xFF51AFD7ED558CCDull;
             h ^= h >> 32;
         }
         size_t r = n - i;
-        word = r ? load8(low + i) & ((1ull << (8 * r)) - 1) : 0;
+        word = r ? load_le64(low + i) & ((1ull << (8 * r)) - 1) : 0;
     }
     return mix64(h ^ word ^ ((uint64_t)n << 56));
 }
@@ -718,6 +728,7 @@ static void tokenize_blocks(tokenizer *t, const char *text, size_t len, size_t m
                             int portable)
 {
     init_tables();
+    (void)portable;                  /* without SSE2 every block is classified in plain C */
     const unsigned char *s = (const unsigned char *)text;
     /* tail: the last bytes, padded with spaces (a space ends every token, as the end of
      * the text does); low: the lower-cased block and the 8 bytes hash_bytes may read */
@@ -776,7 +787,7 @@ static void tokenize_blocks(tokenizer *t, const char *text, size_t len, size_t m
             ops &= ops - 1;
             if (q < next)
                 continue;            /* the second or third byte of the last operator */
-            if (q > 60) {            /* its length depends on bytes past the block */
+            if (q > 60) {            /* its end could fall past the block's last bit */
                 limit = q;
                 step = 0;
                 break;
@@ -892,11 +903,11 @@ out:
  * probing) whose entries hold the 64-bit feature key and its count; the slots in the
  * order the features first appeared are listed in `order`, since the vector is summed in
  * that order (floating-point addition is not associative: the order is part of the
- * result). The table has at least four slots per feature of the chunk (at most half
- * full, usually a fifth), so a probe almost always ends at the first slot, and an insert
- * is the same few instructions whether the feature is new or not. Key 0, which marks an
- * empty slot, has its own slot just past the probed ones. The table is cleared entry by
- * entry as the vector is summed, so it is all zero between chunks.
+ * result). The table has at least four slots per feature of the chunk (at most a
+ * quarter full, usually a tenth), so a probe almost always ends at the first slot, and
+ * an insert is the same few instructions whether the feature is new or not. Key 0,
+ * which marks an empty slot, has its own slot just past the probed ones. The table is
+ * cleared entry by entry as the vector is summed, so it is all zero between chunks.
  */
 typedef struct feature_slot {
     uint64_t key;

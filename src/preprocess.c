@@ -863,6 +863,7 @@ static int clean_lines_reference(const descriptor_options *o, const char *text, 
 static uint64_t newline_mask(const unsigned char *p, int portable)
 {
     uint64_t m = 0;
+    (void)portable;
 #if defined(__SSE2__)
     if (!portable) {
         for (int k = 0; k < 4; k++) {
@@ -883,6 +884,7 @@ static uint64_t newline_mask(const unsigned char *p, int portable)
 static size_t leading_space(const unsigned char *line, size_t ll, int portable)
 {
     size_t k = 0;
+    (void)portable;
 #if defined(__SSE2__)
     if (!portable) {
         __m128i v = _mm_loadu_si128((const __m128i *)(const void *)line);

@@ -4,6 +4,7 @@
  * The sets below are facts about CPython 3.11-3.13 (recorded in the golden file's
  * python_text_semantics); the lower-case runs are generated into pytext_lower.c.
  */
+#include <stdlib.h>
 #include <string.h>
 
 #include "pytext.h"
