@@ -191,7 +191,7 @@ typedef struct descriptor_chunk {
     size_t start_line;          /* 1-based */
     size_t end_line;            /* inclusive */
     size_t line_count;          /* end_line - start_line + 1 (trimmed lines included) */
-    size_t offset, len;         /* content in descriptor_chunks.text */
+    size_t offset, len;         /* content in descriptor_chunks.text (or the range) */
 } descriptor_chunk;
 
 typedef struct descriptor_chunks {
@@ -206,6 +206,14 @@ typedef struct descriptor_chunks {
 /* Chunks text (§3.3) into out, replacing what it held (its memory is reused). */
 int descriptor_chunk_text(const descriptor_options *o, const char *text, size_t len,
                           descriptor_chunks *out);
+/*
+ * The same windows, without building their contents: each chunk's offset and len give
+ * its lines' bytes in `text` itself, breaks as they are (not joined with "\n" nor
+ * trimmed); out->text stays empty. Every line break is whitespace to the tokenizer, so a
+ * range has the same tokens as the joined content (the embedding reads these).
+ */
+int descriptor_chunk_ranges(const descriptor_options *o, const char *text, size_t len,
+                            descriptor_chunks *out);
 void descriptor_chunks_free(descriptor_chunks *c);
 
 /* ---- embedding (§3.4 pooling) --------------------------------------------------------- */
@@ -230,6 +238,21 @@ int descriptor_embed_chunk(descriptor_embedder *e, const char *text, size_t len,
  * them (at most DESCRIPTOR_MAX_CHUNK_TOKENS). For tests and curious users. */
 void descriptor_tokens(const char *text, size_t len,
                        void (*fn)(const char *token, size_t len, void *ctx), void *ctx);
+
+/*
+ * The scanning kernels (tokenizer, line splitter, cleanup scan), for tests and
+ * benchmarks: AUTO (the default: 64-byte blocks classified with SSE2 where the processor
+ * has it, i.e. on every x86-64), PORTABLE (the same blocks classified in plain C) or
+ * REFERENCE (the byte-at-a-time code). All three give the same results, bit for bit;
+ * the tests check it. Process-wide and not thread-safe: set it before any work starts.
+ * Returns the previous choice (an unknown value changes nothing).
+ */
+enum {
+    DESCRIPTOR_KERNELS_AUTO = 0,
+    DESCRIPTOR_KERNELS_PORTABLE,
+    DESCRIPTOR_KERNELS_REFERENCE,
+};
+int descriptor_set_kernels(int which);
 
 /* Weighted mean of §3.4: weights <= 0 are skipped; if all are, the plain mean. */
 void descriptor_weighted_mean(const double *vectors, const double *weights, size_t n,

@@ -63,6 +63,23 @@ size_t pytext_drop_invalid_utf8(const char *s, size_t len, char *out);
 /* 1 when s[0..len) is valid UTF-8 (then pytext_drop_invalid_utf8 would copy it). */
 int pytext_is_valid_utf8(const char *s, size_t len);
 
+/*
+ * The lines of str.splitlines() of s[0..len), all at once: appends a (start, length)
+ * pair per line to *pairs (2 * *count entries; *cap entries allocated, grown with
+ * realloc). Returns 0, or -1 when memory ran out. Same lines as pytext_next_line.
+ */
+int pytext_split_lines(const char *s, size_t len, size_t **pairs, size_t *cap, size_t *count);
+
+/*
+ * Which implementation the scanning kernels of the descriptor pipeline use (the
+ * tokenizer, the line splitter, the cleanup scan); tests compare them. AUTO: 64-byte
+ * blocks classified with SSE2 where the processor has it (every x86-64), else in plain
+ * C; PORTABLE: the same blocks classified in plain C; REFERENCE: the byte-at-a-time
+ * code. All give the same results. Set with descriptor_set_kernels (descriptor.h).
+ */
+enum { PYTEXT_KERNELS_AUTO = 0, PYTEXT_KERNELS_PORTABLE, PYTEXT_KERNELS_REFERENCE };
+extern int pytext_kernels;
+
 /* The non-ASCII lower-case mapping, as runs (generated: src/pytext_lower.c). */
 typedef struct pytext_lower_run {
     uint32_t first, last;

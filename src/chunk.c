@@ -98,29 +98,60 @@ static int push_chunk(descriptor_chunks *c, const descriptor_chunk *ch)
     return 0;
 }
 
-int descriptor_chunk_text(const descriptor_options *o, const char *text, size_t len,
-                          descriptor_chunks *c)
+/* Appends the window lines[start:end] joined with "\n" to c->text and records it as a
+ * chunk (trimmed of leading and trailing "\n"), unless it is only whitespace. */
+static int join_window(descriptor_chunks *c, const char *text, size_t start, size_t end)
+{
+    /* "\n".join(lines[start:end]): one copy when every break between them is "\n" */
+    size_t offset = c->text.len;
+    int plain = 1;
+    for (size_t i = start; i + 1 < end && plain; i++) {
+        size_t stop = c->lines[2 * i] + c->lines[2 * i + 1];
+        plain = c->lines[2 * i + 2] == stop + 1 && text[stop] == '\n';
+    }
+    if (plain) {
+        size_t from = c->lines[2 * start];
+        size_t to = c->lines[2 * (end - 1)] + c->lines[2 * (end - 1) + 1];
+        if (descriptor_buf_append(&c->text, text + from, to - from) != 0)
+            return DESCRIPTOR_ENOMEM;
+    }
+    for (size_t i = start; i < end && !plain; i++) {
+        if (i > start && descriptor_buf_append(&c->text, "\n", 1) != 0)
+            return DESCRIPTOR_ENOMEM;
+        if (descriptor_buf_append(&c->text, text + c->lines[2 * i], c->lines[2 * i + 1]) != 0)
+            return DESCRIPTOR_ENOMEM;
+    }
+    char *joined = c->text.data ? c->text.data + offset : NULL;
+    size_t jl = c->text.len - offset;
+    if (jl > 0 && !pytext_is_blank(joined, jl)) {
+        /* Trim only leading and trailing '\n'. */
+        size_t a = 0, b = jl;
+        while (a < b && joined[a] == '\n')
+            a++;
+        while (b > a && joined[b - 1] == '\n')
+            b--;
+        memmove(joined, joined + a, b - a);
+        c->text.len = offset + (b - a);
+        descriptor_chunk ch = { start + 1, end, end - start, offset, b - a };
+        if (push_chunk(c, &ch) != 0)
+            return DESCRIPTOR_ENOMEM;
+    } else {
+        c->text.len = offset;    /* whitespace-only window: discarded, still counted */
+    }
+    return 0;
+}
+
+/* The chunker; join: the chunks' contents joined into c->text, else their ranges. */
+static int chunk_text(const descriptor_options *o, const char *text, size_t len,
+                      descriptor_chunks *c, int join)
 {
     c->count = 0;
     c->total_lines = 0;
     c->text.len = 0;
     /* Lines of str.splitlines(): (start, length) pairs in c->lines. */
-    size_t n = 0, pos = 0;
-    while (pos < len) {
-        size_t ll, next = pytext_next_line(text, len, pos, &ll);
-        if (2 * (n + 1) > c->lines_cap) {
-            size_t nc = c->lines_cap ? c->lines_cap * 2 : 512;
-            size_t *p = realloc(c->lines, nc * sizeof *p);
-            if (!p)
-                return DESCRIPTOR_ENOMEM;
-            c->lines = p;
-            c->lines_cap = nc;
-        }
-        c->lines[2 * n] = pos;
-        c->lines[2 * n + 1] = ll;
-        n++;
-        pos = next;
-    }
+    size_t n;
+    if (pytext_split_lines(text, len, &c->lines, &c->lines_cap, &n) != 0)
+        return DESCRIPTOR_ENOMEM;
     c->total_lines = n;
     if (n == 0)
         return 0;
@@ -153,49 +184,21 @@ int descriptor_chunk_text(const descriptor_options *o, const char *text, size_t 
                 }
             }
         }
-        /* "\n".join(lines[start:end]): one copy when every break between them is "\n" */
-        size_t offset = c->text.len;
-        int plain = 1;
-        for (size_t i = start; i + 1 < end && plain; i++) {
-            size_t stop = c->lines[2 * i] + c->lines[2 * i + 1];
-            plain = c->lines[2 * i + 2] == stop + 1 && text[stop] == '\n';
-        }
-        if (plain) {
+        if (!join) {
+            /* The lines' bytes as they are in text, breaks included: blank exactly when
+             * every line is (breaks are whitespace). */
             size_t from = c->lines[2 * start];
             size_t to = c->lines[2 * (end - 1)] + c->lines[2 * (end - 1) + 1];
-            if (descriptor_buf_append(&c->text, text + from, to - from) != 0) {
-                rc = DESCRIPTOR_ENOMEM;
-                goto out;
+            if (!pytext_is_blank(text + from, to - from)) {
+                descriptor_chunk ch = { start + 1, end, end - start, from, to - from };
+                if (push_chunk(c, &ch) != 0) {
+                    rc = DESCRIPTOR_ENOMEM;
+                    goto out;
+                }
             }
-        }
-        for (size_t i = start; i < end && !plain; i++) {
-            if (i > start && descriptor_buf_append(&c->text, "\n", 1) != 0) {
-                rc = DESCRIPTOR_ENOMEM;
-                goto out;
-            }
-            if (descriptor_buf_append(&c->text, text + c->lines[2 * i], c->lines[2 * i + 1]) != 0) {
-                rc = DESCRIPTOR_ENOMEM;
-                goto out;
-            }
-        }
-        char *joined = c->text.data ? c->text.data + offset : NULL;
-        size_t jl = c->text.len - offset;
-        if (jl > 0 && !pytext_is_blank(joined, jl)) {
-            /* Trim only leading and trailing '\n'. */
-            size_t a = 0, b = jl;
-            while (a < b && joined[a] == '\n')
-                a++;
-            while (b > a && joined[b - 1] == '\n')
-                b--;
-            memmove(joined, joined + a, b - a);
-            c->text.len = offset + (b - a);
-            descriptor_chunk ch = { start + 1, end, end - start, offset, b - a };
-            if (push_chunk(c, &ch) != 0) {
-                rc = DESCRIPTOR_ENOMEM;
-                goto out;
-            }
-        } else {
-            c->text.len = offset;    /* whitespace-only window: discarded, still counted */
+        } else if (join_window(c, text, start, end) != 0) {
+            rc = DESCRIPTOR_ENOMEM;
+            goto out;
         }
         if (end >= n)
             cursor = n;
@@ -210,6 +213,18 @@ int descriptor_chunk_text(const descriptor_options *o, const char *text, size_t 
 out:
     free(lowbuf);
     return rc;
+}
+
+int descriptor_chunk_text(const descriptor_options *o, const char *text, size_t len,
+                          descriptor_chunks *c)
+{
+    return chunk_text(o, text, len, c, 1);
+}
+
+int descriptor_chunk_ranges(const descriptor_options *o, const char *text, size_t len,
+                            descriptor_chunks *c)
+{
+    return chunk_text(o, text, len, c, 0);
 }
 
 void descriptor_chunks_free(descriptor_chunks *c)

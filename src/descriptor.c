@@ -420,3 +420,11 @@ void descriptor_clip(double *v, const double *lo, const double *hi, size_t dims)
             v[i] = hi[i];
     }
 }
+
+int descriptor_set_kernels(int which)
+{
+    int old = pytext_kernels;
+    if (which >= DESCRIPTOR_KERNELS_AUTO && which <= DESCRIPTOR_KERNELS_REFERENCE)
+        pytext_kernels = which;
+    return old;
+}

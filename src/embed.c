@@ -54,6 +54,7 @@ static unsigned char byte_class[256];
 static unsigned char op_second[256];    /* can be the second byte of a listed operator */
 static unsigned char delimiter[256];    /* a lone one separates tokens but is none */
 static unsigned char ident_ascii[256];  /* [A-Za-z0-9_] */
+static unsigned char op_start[256];     /* starts an operator token wherever it is met */
 static int tables_ready;
 
 static void init_tables(void)
@@ -81,6 +82,8 @@ static void init_tables(void)
         op_second[(unsigned char)*p] = 1;
     for (const char *p = "()[]{},;:.'\"`\\#$"; *p; p++)
         delimiter[(unsigned char)*p] = 1;
+    for (int b = 0; b < 256; b++)
+        op_start[b] = byte_class[b] == C_OTHER && !delimiter[b];
     tables_ready = 1;
 }
 
@@ -274,7 +277,6 @@ static size_t operator_length(const unsigned char *s, size_t len, size_t pos)
     return 1;
 }
 
-/* Tokenizes text[0..len), at most max tokens (t->count counts them). */
 /* ---- eight bytes at a time (SWAR) ------------------------------------------------------ */
 
 #define ONES 0x0101010101010101ull
@@ -316,7 +318,9 @@ static int little_endian(void)
     return b == 1;
 }
 
-static void tokenize(tokenizer *t, const char *text, size_t len, size_t max)
+/* The byte-at-a-time tokenizer: text[0..len), at most max tokens (t->count counts
+ * them). The reference the block tokenizer below must agree with, token for token. */
+static void tokenize_bytes(tokenizer *t, const char *text, size_t len, size_t max)
 {
     init_tables();
     const unsigned char *s = (const unsigned char *)text;
@@ -509,6 +513,341 @@ done:
 #undef TOK_END
 }
 
+/* ---- the block tokenizer ------------------------------------------------------------------ */
+
+/*
+ * The same tokens as tokenize_bytes, found 64 bytes at a time. A classifier turns a
+ * block into bitmasks (bit i: byte i), and bit operations give every token start and
+ * every token end of the block at once, so the scan has no branch per byte and almost
+ * none per token:
+ *
+ *   ID   identifier bytes [A-Za-z0-9_];  M = ID | '.'
+ *   N    numbers: from a digit that does not follow an ID byte (a seed), through M
+ *        (one addition carries each seed through its run of M);
+ *   LUD  letters and digits outside numbers; a word starts where the previous byte is
+ *        not one, at a digit/letter change, at lower->Upper, and at the last capital
+ *        of a run of capitals followed by a lower-case letter ("HTTPServer");
+ *   ops  the operator characters (not the lone delimiters), '.' before '.', ':' before
+ *        ':' or '=': a short loop takes the longest listed operator at each.
+ *
+ * Each token ends at exactly one end bit and starts at exactly one start bit, so the
+ * k-th start and the k-th end of a block make the k-th token. A block always begins
+ * where the byte scanner would be between two tokens (a fresh position); tokens are
+ * taken only when they end inside the block (the byte after them is known), and the
+ * next block begins at the first token that does not. Non-ASCII bytes, and tokens of
+ * 64 bytes or more, go through the byte scanner's step (scalar_step) and the blocks
+ * resume behind them.
+ */
+
+typedef struct block_class {
+    uint64_t lo, up, dg, id, dot, hi, op;
+} block_class;
+
+/*
+ * Classifies p[0..64) (p[64] is read as the byte after the last one): the masks in c,
+ * and the block lower-cased (ASCII letters only) in low[0..64). Portable version.
+ */
+static void classify_portable(const unsigned char *p, block_class *c, unsigned char *low)
+{
+    uint64_t lo = 0, up = 0, dg = 0, id = 0, dot = 0, hi = 0, op = 0;
+    for (int i = 0; i < 64; i++) {
+        unsigned char b = p[i], n = p[i + 1];
+        uint64_t bit = 1ull << i;
+        int k = byte_class[b];
+        lo |= k == C_LOWER ? bit : 0;
+        up |= k == C_UPPER ? bit : 0;
+        dg |= k == C_DIGIT ? bit : 0;
+        id |= ident_ascii[b] ? bit : 0;
+        dot |= b == '.' ? bit : 0;
+        hi |= b >= 0x80 ? bit : 0;
+        op |= (op_start[b] || (b == '.' && n == '.') || (b == ':' && (n == ':' || n == '=')))
+                  ? bit : 0;
+        low[i] = (unsigned char)(k == C_UPPER ? b + 32 : b);
+    }
+    c->lo = lo;
+    c->up = up;
+    c->dg = dg;
+    c->id = id;
+    c->dot = dot;
+    c->hi = hi;
+    c->op = op;
+}
+
+#if defined(__SSE2__)
+#include <emmintrin.h>
+
+/* 0xFF in each byte of v in [a, b] (an addition maps the range to the bottom of the
+ * signed bytes, one comparison tests it). */
+static inline __m128i in_range(__m128i v, int a, int b)
+{
+    __m128i t = _mm_add_epi8(v, _mm_set1_epi8((char)(0x80 - a)));
+    return _mm_cmplt_epi8(t, _mm_set1_epi8((char)(0x80 + (b - a) + 1)));
+}
+
+static inline __m128i is_byte(__m128i v, int b)
+{
+    return _mm_cmpeq_epi8(v, _mm_set1_epi8((char)b));
+}
+
+/* The same with SSE2 (every x86-64 processor has it), 16 bytes at a time. */
+static void classify_sse2(const unsigned char *p, block_class *c, unsigned char *low)
+{
+    uint64_t lo_m = 0, up_m = 0, dg_m = 0, id_m = 0, dot_m = 0, hi_m = 0, op_m = 0;
+    for (int k = 0; k < 4; k++) {
+        __m128i v = _mm_loadu_si128((const __m128i *)(const void *)(p + 16 * k));
+        __m128i n = _mm_loadu_si128((const __m128i *)(const void *)(p + 16 * k + 1));
+        __m128i lo = in_range(v, 'a', 'z'), up = in_range(v, 'A', 'Z');
+        __m128i dg = in_range(v, '0', '9');
+        __m128i id = _mm_or_si128(_mm_or_si128(lo, up), _mm_or_si128(dg, is_byte(v, '_')));
+        __m128i dot = is_byte(v, '.'), colon = is_byte(v, ':');
+        __m128i space = _mm_or_si128(in_range(v, 0x09, 0x0D), in_range(v, 0x1C, 0x20));
+        /* lone delimiters: " # $  ' ( )  ,  ;  [ \ ]  `  {  } */
+        __m128i delim = _mm_or_si128(
+            _mm_or_si128(_mm_or_si128(in_range(v, 0x22, 0x24), in_range(v, 0x27, 0x29)),
+                         _mm_or_si128(is_byte(v, ','), is_byte(v, ';'))),
+            _mm_or_si128(_mm_or_si128(in_range(v, 0x5B, 0x5D), is_byte(v, '`')),
+                         _mm_or_si128(is_byte(v, '{'), is_byte(v, '}'))));
+        __m128i high = _mm_cmplt_epi8(v, _mm_setzero_si128());
+        __m128i not_op = _mm_or_si128(_mm_or_si128(_mm_or_si128(id, dot), _mm_or_si128(colon, space)),
+                                      _mm_or_si128(delim, high));
+        __m128i op = _mm_andnot_si128(not_op, _mm_set1_epi8(-1));
+        op = _mm_or_si128(op, _mm_and_si128(dot, is_byte(n, '.')));
+        op = _mm_or_si128(op, _mm_and_si128(colon, _mm_or_si128(is_byte(n, ':'), is_byte(n, '='))));
+        _mm_storeu_si128((__m128i *)(void *)(low + 16 * k),
+                         _mm_or_si128(v, _mm_and_si128(up, _mm_set1_epi8(0x20))));
+        int sh = 16 * k;
+        lo_m |= (uint64_t)(unsigned)_mm_movemask_epi8(lo) << sh;
+        up_m |= (uint64_t)(unsigned)_mm_movemask_epi8(up) << sh;
+        dg_m |= (uint64_t)(unsigned)_mm_movemask_epi8(dg) << sh;
+        id_m |= (uint64_t)(unsigned)_mm_movemask_epi8(id) << sh;
+        dot_m |= (uint64_t)(unsigned)_mm_movemask_epi8(dot) << sh;
+        hi_m |= (uint64_t)(unsigned)_mm_movemask_epi8(v) << sh;
+        op_m |= (uint64_t)(unsigned)_mm_movemask_epi8(op) << sh;
+    }
+    c->lo = lo_m;
+    c->up = up_m;
+    c->dg = dg_m;
+    c->id = id_m;
+    c->dot = dot_m;
+    c->hi = hi_m;
+    c->op = op_m;
+}
+#define HAVE_SSE2_CLASSIFIER 1
+#else
+#define HAVE_SSE2_CLASSIFIER 0
+#endif
+
+/* One step of the byte scanner at the fresh position pos: the token(s) that start
+ * there, or the separator skipped. Returns the next fresh position (> pos). */
+static size_t scalar_step(tokenizer *t, const unsigned char *s, size_t len, size_t pos,
+                          size_t max)
+{
+    unsigned char b = s[pos];
+    switch (byte_class[b]) {
+    case C_SPACE:
+        return pos + 1;
+    case C_DIGIT:
+        tok_begin(t, pos);
+        while (pos < len) {
+            int c = byte_class[s[pos]];
+            if (c == C_DIGIT || c == C_LOWER || c == C_UNDER || s[pos] == '.')
+                tok_byte(t, s[pos]);
+            else if (c == C_UPPER)
+                tok_byte(t, (unsigned char)(s[pos] + 32));
+            else
+                break;
+            pos++;
+        }
+        tok_end(t, pos);
+        return pos;
+    case C_LOWER:
+    case C_UPPER:
+    case C_UNDER:
+        return scan_identifier(t, s, len, pos, max);
+    case C_HIGH: {
+        uint32_t cp;
+        size_t k = pytext_decode(s + pos, len - pos, &cp);
+        if (cp == PYTEXT_INVALID || pytext_is_space(cp))
+            return pos + k;
+        return scan_identifier(t, s, len, pos, max);
+    }
+    default: {
+        size_t ol = operator_length(s, len, pos);
+        if (ol == 1 && delimiter[b])
+            return pos + 1;
+        tok_begin(t, pos);
+        for (size_t i = 0; i < ol; i++)
+            tok_byte(t, s[pos + i]);
+        tok_end(t, pos + ol);
+        return pos + ol;
+    }
+    }
+}
+
+/* Bits below n (n <= 64). */
+static inline uint64_t bits_below(unsigned n)
+{
+    return n >= 64 ? ~0ull : (1ull << n) - 1;
+}
+
+static inline unsigned top_bit(uint64_t x)
+{
+    return 63u - (unsigned)__builtin_clzll(x);
+}
+
+/* Eight bytes as tok_byte packs them: byte i in bits 8i..8i+7, on any host. */
+static inline uint64_t load_le64(const unsigned char *p)
+{
+    uint64_t w = load8(p);
+#if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_BIG_ENDIAN__
+    w = __builtin_bswap64(w);
+#endif
+    return w;
+}
+
+/* The hash of the token bytes low[0..n) (1 <= n < 64; low has 8 readable bytes past
+ * the token), as tok_begin / tok_byte / tok_end compute it. */
+static inline uint64_t hash_bytes(const unsigned char *low, size_t n)
+{
+    uint64_t h = SEED_TOKEN, word;
+    if (n < 8) {
+        word = load_le64(low) & ((1ull << (8 * n)) - 1);
+    } else {
+        size_t i = 0;
+        for (; i + 8 <= n; i += 8) {
+            h = (h ^ load_le64(low + i)) * 0xFF51AFD7ED558CCDull;
+            h ^= h >> 32;
+        }
+        size_t r = n - i;
+        word = r ? load_le64(low + i) & ((1ull << (8 * r)) - 1) : 0;
+    }
+    return mix64(h ^ word ^ ((uint64_t)n << 56));
+}
+
+static void tokenize_blocks(tokenizer *t, const char *text, size_t len, size_t max,
+                            int portable)
+{
+    init_tables();
+    (void)portable;                  /* without SSE2 every block is classified in plain C */
+    const unsigned char *s = (const unsigned char *)text;
+    /* tail: the last bytes, padded with spaces (a space ends every token, as the end of
+     * the text does); low: the lower-cased block and the 8 bytes hash_bytes may read */
+    unsigned char tail[64 + 16], low[64 + 16];
+    memset(low + 64, 0, 16);
+    size_t pos = 0;
+    while (pos < len && t->count < max && !t->failed) {
+        const unsigned char *p = s + pos;
+        size_t avail = len - pos;
+        if (avail < 65) {
+            memset(tail, ' ', sizeof tail);
+            memcpy(tail, p, avail);
+            p = tail;
+        }
+        block_class c;
+#if HAVE_SSE2_CLASSIFIER
+        if (!portable)
+            classify_sse2(p, &c, low);
+        else
+#endif
+            classify_portable(p, &c, low);
+
+        uint64_t id = c.id;
+        uint64_t seeds = c.dg & ~(id << 1), m = id | c.dot;
+        uint64_t num = (m & ~(m + seeds)) | seeds;
+        uint64_t idn = id & ~num;
+        uint64_t lud = idn & (c.lo | c.up | c.dg);
+        uint64_t word_start = lud & (~(lud << 1) | (c.dg ^ (c.dg << 1)) | (c.up & (c.lo << 1)) |
+                                     (c.up & (c.up << 1) & (c.lo >> 1)));
+        uint64_t word_end = (word_start | ~lud) & (lud << 1);
+        uint64_t num_start = num & ~(num << 1), num_end = ~num & (num << 1);
+
+        /* The first token that does not end inside the block: a run through bit 63. */
+        unsigned limit = 64;
+        int step = 0;                /* the byte scanner takes over at limit */
+        if (num >> 63) {
+            limit = top_bit(num_start);
+        } else if (idn >> 63) {
+            limit = top_bit(idn & ~(idn << 1));
+        }
+        if (c.hi) {
+            /* a non-ASCII byte: the byte scanner from it, or from the start of the
+             * identifier it may continue */
+            unsigned h = (unsigned)__builtin_ctzll(c.hi), at = h;
+            if (h > 0 && (idn >> (h - 1)) & 1)
+                at = top_bit(idn & ~(idn << 1) & bits_below(h));
+            if (at <= limit) {
+                limit = at;
+                step = 1;
+            }
+        }
+        uint64_t ops = c.op & ~num & bits_below(limit), op_start_bits = 0, op_end = 0;
+        unsigned next = 0;
+        while (ops) {
+            unsigned q = (unsigned)__builtin_ctzll(ops);
+            ops &= ops - 1;
+            if (q < next)
+                continue;            /* the second or third byte of the last operator */
+            if (q > 60) {            /* its end could fall past the block's last bit */
+                limit = q;
+                step = 0;
+                break;
+            }
+            unsigned ol = 1;
+            if (op_second[low[q + 1]])
+                ol = (unsigned)operator_length(low, q + 3, q);
+            op_start_bits |= 1ull << q;
+            op_end |= 1ull << (q + ol);
+            next = q + ol;
+        }
+
+        uint64_t starts = (word_start | num_start | op_start_bits) & bits_below(limit);
+        uint64_t ends = (word_end | num_end | op_end) & bits_below(limit + 1);
+        if (t->cap - t->count < 64) {          /* room for a block's tokens */
+            size_t nc = t->cap ? t->cap * 2 : 1024;
+            token *np = realloc(t->toks, nc * sizeof *np);
+            if (!np) {
+                t->failed = 1;
+                return;
+            }
+            t->toks = np;
+            t->cap = nc;
+        }
+        token *out = t->toks + t->count;
+        size_t n = 0, room = max - t->count;
+        while (starts && n < room) {
+            unsigned a = (unsigned)__builtin_ctzll(starts), b = (unsigned)__builtin_ctzll(ends);
+            starts &= starts - 1;
+            ends &= ends - 1;
+            out[n].hash = hash_bytes(low + a, b - a);
+            out[n].start = pos + a;
+            out[n].end = pos + b;
+            n++;
+        }
+        t->count += n;
+        if (t->count >= max)
+            return;
+        pos += limit;
+        if (step || limit == 0)
+            pos = scalar_step(t, s, len, pos, max);
+    }
+}
+
+/* Tokenizes text[0..len), at most max tokens, with the chosen tokenizer. */
+static void tokenize(tokenizer *t, const char *text, size_t len, size_t max)
+{
+    switch (pytext_kernels) {
+    case PYTEXT_KERNELS_REFERENCE:
+        tokenize_bytes(t, text, len, max);
+        break;
+    case PYTEXT_KERNELS_PORTABLE:
+        tokenize_blocks(t, text, len, max, 1);
+        break;
+    default:
+        tokenize_blocks(t, text, len, max, 0);
+        break;
+    }
+}
+
 void descriptor_tokens(const char *text, size_t len,
                        void (*fn)(const char *token, size_t len, void *ctx), void *ctx)
 {
@@ -560,54 +899,101 @@ out:
 /* ---- feature counting -------------------------------------------------------------------- */
 
 /*
- * Distinct features of one chunk are counted in an open-addressing table of 32-bit
- * entries, (tag << 16) | (index + 1), whose index points into dense arrays in insertion
- * order. The table stays small (16 KB for the usual chunk) so probing stays in L1.
+ * Distinct features of one chunk are counted in an open-addressing table (linear
+ * probing) whose entries hold the 64-bit feature key and its count; the slots in the
+ * order the features first appeared are listed in `order`, since the vector is summed in
+ * that order (floating-point addition is not associative: the order is part of the
+ * result). The table has at least four slots per feature of the chunk (at most a
+ * quarter full, usually a tenth), so a probe almost always ends at the first slot, and
+ * an insert is the same few instructions whether the feature is new or not. Key 0,
+ * which marks an empty slot, has its own slot just past the probed ones. The table is
+ * cleared entry by entry as the vector is summed, so it is all zero between chunks.
  */
+typedef struct feature_slot {
+    uint64_t key;
+    uint64_t count;
+} feature_slot;
+
 struct descriptor_embedder {
     tokenizer tok;
     size_t dims;
-    uint32_t *table;            /* cap entries, 0 = empty */
-    uint64_t *fkeys;            /* dense, insertion order */
-    uint32_t *fcounts;
-    uint32_t *fslots;           /* table slot of each dense entry (to clear it) */
-    size_t cap, nused;          /* cap: power of two; nused <= cap / 2 < 65535 */
-    int failed;                 /* ENOMEM while counting */
+    feature_slot *table;        /* cap + 1 entries, all zero between chunks */
+    uint32_t *order;            /* cap / 2 entries: slots in first-appearance order */
+    size_t cap;                 /* power of two */
     double log_table[64];       /* 1 + ln(c) for c < 64 */
 };
 
-#define TABLE_MIN 4096
-#define TABLE_MAX 65536         /* 2 * (2 * DESCRIPTOR_MAX_CHUNK_TOKENS) rounded up */
+#define TABLE_MIN 1024         /* slots; at most 4 * 2 * DESCRIPTOR_MAX_CHUNK_TOKENS (1 MB) */
 
-static int table_alloc(descriptor_embedder *e, size_t cap)
+/* Makes the table hold at least cap slots (cap a power of two). */
+static int table_reserve(descriptor_embedder *e, size_t cap)
 {
-    uint32_t *table = calloc(cap, sizeof *table);
-    uint64_t *fkeys = realloc(e->fkeys, cap / 2 * sizeof *fkeys);
-    if (fkeys)
-        e->fkeys = fkeys;
-    uint32_t *fcounts = realloc(e->fcounts, cap / 2 * sizeof *fcounts);
-    if (fcounts)
-        e->fcounts = fcounts;
-    uint32_t *fslots = realloc(e->fslots, cap / 2 * sizeof *fslots);
-    if (fslots)
-        e->fslots = fslots;
-    if (!table || !fkeys || !fcounts || !fslots) {
+    if (cap <= e->cap)
+        return 0;
+    feature_slot *table = calloc(cap + 1, sizeof *table);
+    uint32_t *order = malloc(cap / 2 * sizeof *order);
+    if (!table || !order) {
         free(table);
+        free(order);
         return DESCRIPTOR_ENOMEM;
     }
     free(e->table);
+    free(e->order);
     e->table = table;
+    e->order = order;
     e->cap = cap;
-    /* Re-insert the dense entries (their order, and so the result, is unchanged). */
-    for (size_t i = 0; i < e->nused; i++) {
-        uint64_t key = e->fkeys[i];
-        size_t slot = (size_t)key & (cap - 1);
-        while (table[slot])
-            slot = (slot + 1) & (cap - 1);
-        table[slot] = (uint32_t)((key >> 48) << 16) | (uint32_t)(i + 1);
-        e->fslots[i] = (uint32_t)slot;
-    }
     return 0;
+}
+
+/*
+ * Counts one feature: its slot is the first, from key & mask on, that holds the key or
+ * is empty (key 0 has slot cap). The loop test is a single comparison, min(k, k ^ key)
+ * == 0, so the branch does not depend on whether the feature is new. Returns the new
+ * number of distinct features.
+ */
+static inline size_t count_feature(feature_slot *table, uint32_t *order, size_t nused,
+                                   size_t mask, size_t cap, uint64_t key)
+{
+    size_t slot = key ? (size_t)key & mask : cap;
+    for (;;) {
+        uint64_t k = table[slot].key, x = k ^ key;
+        if ((k < x ? k : x) == 0)
+            break;
+        slot = (slot + 1) & mask;
+    }
+    uint64_t c = table[slot].count;
+    table[slot].key = key;
+    table[slot].count = c + 1;
+    order[nused] = (uint32_t)slot;
+    return nused + (c == 0);
+}
+
+/* v[i] /= d for every i; two at a time with SSE2 (the same IEEE division per lane). */
+static void divide_all(double *v, size_t n, double d)
+{
+    size_t i = 0;
+#if defined(__SSE2__)
+    __m128d dd = _mm_set1_pd(d);
+    for (; i + 2 <= n; i += 2)
+        _mm_storeu_pd(v + i, _mm_div_pd(_mm_loadu_pd(v + i), dd));
+#endif
+    for (; i < n; i++)
+        v[i] /= d;
+}
+
+/* sum[i] += v[i] * w for every i (a product, then a sum, each rounded: as in scalar
+ * code compiled with -ffp-contract=off); two at a time with SSE2. */
+static void add_scaled(double *sum, const double *v, double w, size_t n)
+{
+    size_t i = 0;
+#if defined(__SSE2__)
+    __m128d ww = _mm_set1_pd(w);
+    for (; i + 2 <= n; i += 2)
+        _mm_storeu_pd(sum + i, _mm_add_pd(_mm_loadu_pd(sum + i),
+                                          _mm_mul_pd(_mm_loadu_pd(v + i), ww)));
+#endif
+    for (; i < n; i++)
+        sum[i] += v[i] * w;
 }
 
 /*
@@ -616,62 +1002,33 @@ static int table_alloc(descriptor_embedder *e, size_t cap)
  */
 static int embed_tokens(descriptor_embedder *e, const token *toks, size_t n, double *out)
 {
-    e->nused = 0;
-    e->failed = 0;
-    /* Counting with the table state in locals (stores into the arrays cannot then be
-     * taken for changes of e's fields). */
-    size_t nused = 0, cap = e->cap, mask = cap - 1;
-    uint32_t *table = e->table, *fcounts = e->fcounts, *fslots = e->fslots;
-    uint64_t *fkeys = e->fkeys;
-    uint64_t prev = 0;
-    for (size_t i = 0; i < 2 * n; i++) {
-        uint64_t h = toks[i / 2].hash, key;
-        if (i & 1) {
-            key = h;
-        } else {
-            if (i == 0)
-                continue;            /* no bigram before the first token */
-            key = mix64(prev * 0x9E3779B97F4A7C15ull + h + SEED_BIGRAM);
-        }
-        prev = h;
-        if (2 * (nused + 1) > cap) {
-            e->nused = nused;
-            if (cap >= TABLE_MAX || table_alloc(e, cap * 2) != 0) {
-                e->failed = 1;
-                break;
-            }
-            cap = e->cap;
-            mask = cap - 1;
-            table = e->table;
-            fcounts = e->fcounts;
-            fslots = e->fslots;
-            fkeys = e->fkeys;
-        }
-        size_t slot = (size_t)key & mask;
-        uint32_t tag = (uint32_t)(key >> 48);
-        for (;;) {
-            uint32_t entry = table[slot];
-            if (!entry) {
-                table[slot] = (tag << 16) | (uint32_t)(nused + 1);
-                fkeys[nused] = key;
-                fcounts[nused] = 1;
-                fslots[nused] = (uint32_t)slot;
-                nused++;
-                break;
-            }
-            if ((entry >> 16) == tag && fkeys[(entry & 0xFFFF) - 1] == key) {
-                fcounts[(entry & 0xFFFF) - 1]++;
-                break;
-            }
-            slot = (slot + 1) & mask;
-        }
-    }
-    e->nused = nused;
     size_t dims = e->dims;
     memset(out, 0, dims * sizeof *out);
-    for (size_t i = 0; i < e->nused; i++) {
-        uint64_t key = e->fkeys[i];
-        uint32_t c = e->fcounts[i];
+    if (n == 0)
+        return 0;
+    /* Features: u0, b01, u1, b12, u2, ...: 2n - 1 of them. */
+    size_t cap = TABLE_MIN;
+    while (cap < 4 * (2 * n))
+        cap *= 2;
+    if (table_reserve(e, cap) != 0)
+        return DESCRIPTOR_ENOMEM;
+    /* The chunk uses the first cap slots of the (all zero) table: a small chunk touches
+     * few cache lines even after a large one grew the table. */
+    size_t mask = cap - 1;
+    feature_slot *table = e->table;
+    uint32_t *order = e->order;
+    size_t nused = 0;
+    for (size_t j = 0; j < n; j++) {
+        uint64_t h = toks[j].hash;
+        nused = count_feature(table, order, nused, mask, cap, h);
+        if (j + 1 < n) {
+            uint64_t key = mix64(h * 0x9E3779B97F4A7C15ull + toks[j + 1].hash + SEED_BIGRAM);
+            nused = count_feature(table, order, nused, mask, cap, key);
+        }
+    }
+    for (size_t i = 0; i < nused; i++) {
+        feature_slot *f = &table[order[i]];
+        uint64_t key = f->key, c = f->count;
         double w = c < 64 ? e->log_table[c] : 1.0 + log((double)c);
         size_t bucket = (size_t)(((key >> 32) * (uint64_t)dims) >> 32);
         uint64_t bits;                   /* the sign of bit 0, without a branch */
@@ -679,19 +1036,14 @@ static int embed_tokens(descriptor_embedder *e, const token *toks, size_t n, dou
         bits ^= (key & 1) << 63;
         memcpy(&w, &bits, sizeof w);
         out[bucket] += w;
-        e->table[e->fslots[i]] = 0;  /* clear as we go: empty for the next chunk */
+        f->key = 0;                      /* clear as we go: empty for the next chunk */
+        f->count = 0;
     }
-    e->nused = 0;
-    if (e->failed)
-        return DESCRIPTOR_ENOMEM;
     double norm = 0.0;
     for (size_t i = 0; i < dims; i++)
         norm += out[i] * out[i];
-    if (norm > 0.0) {
-        norm = sqrt(norm);
-        for (size_t i = 0; i < dims; i++)
-            out[i] /= norm;
-    }
+    if (norm > 0.0)
+        divide_all(out, dims, sqrt(norm));
     return 0;
 }
 
@@ -703,7 +1055,7 @@ descriptor_embedder *descriptor_embedder_new(size_t dimensions)
     if (!e)
         return NULL;
     e->dims = dimensions;
-    if (table_alloc(e, TABLE_MIN) != 0) {
+    if (table_reserve(e, TABLE_MIN) != 0) {
         descriptor_embedder_free(e);
         return NULL;
     }
@@ -717,9 +1069,7 @@ void descriptor_embedder_free(descriptor_embedder *e)
     if (!e)
         return;
     free(e->table);
-    free(e->fkeys);
-    free(e->fcounts);
-    free(e->fslots);
+    free(e->order);
     free(e->tok.toks);
     free(e);
 }
@@ -869,9 +1219,7 @@ static pool_group *pooler_group(pooler *p, const char *path, size_t len, long lo
 
 static void pooler_add(pooler *p, size_t index, const double *v, double w)
 {
-    double *sum = p->sums + index * p->dims;
-    for (size_t d = 0; d < p->dims; d++)
-        sum[d] += v[d] * w;
+    add_scaled(p->sums + index * p->dims, v, w, p->dims);
     p->groups[index].weight_sum += w;
 }
 
@@ -993,7 +1341,7 @@ int descriptor_workspace_add(descriptor_workspace *w, const descriptor_options *
         return 0;
     }
     w->kept++;
-    if (descriptor_chunk_text(o, w->clean.data, w->clean.len, &w->chunks) != 0)
+    if (descriptor_chunk_ranges(o, w->clean.data, w->clean.len, &w->chunks) != 0)
         return DESCRIPTOR_ENOMEM;
     r->total_lines = w->chunks.total_lines;
     r->chunk_count = w->chunks.count;
@@ -1006,7 +1354,7 @@ int descriptor_workspace_add(descriptor_workspace *w, const descriptor_options *
     descriptor_embedder *e = w->embedder;
     for (size_t c = 0; c < w->chunks.count && w->used < cap; c++) {
         const descriptor_chunk *ch = &w->chunks.items[c];
-        if (descriptor_embed_chunk(e, w->chunks.text.data + ch->offset, ch->len, w->vector) != 0)
+        if (descriptor_embed_chunk(e, w->clean.data + ch->offset, ch->len, w->vector) != 0)
             return DESCRIPTOR_ENOMEM;
         pooler_add(&w->pool, index, w->vector,
                    (double)(ch->line_count > 1 ? ch->line_count : 1));

@@ -15,6 +15,10 @@
 #include "descriptor.h"
 #include "pytext.h"
 
+#if defined(__SSE2__)
+#include <emmintrin.h>
+#endif
+
 #define PATH_CAP 8192        /* longest path handled; longer ones are skipped */
 #define MAX_SYMLINKS 40      /* as the kernel's ELOOP limit */
 #define MAX_TAB_WIDTH 64     /* bound on tab expansion (a larger setting counts as 64) */
@@ -796,36 +800,33 @@ static int starts_with_comment(const char *s, size_t len)
     return 0;
 }
 
-int descriptor_clean(const descriptor_options *o, const char *raw, size_t len,
-                     descriptor_buf *out)
+/* Appends line[0..ll) with each tab replaced by width spaces (width <= 0: kept). */
+static int append_expanded(descriptor_buf *out, const char *line, size_t ll, long long width)
 {
-    out->len = 0;
-    if (len > descriptor_size_limit(o))
-        return DESCRIPTOR_SKIP_OVERSIZE;
-    if (len > 0 && memchr(raw, '\0', len))
-        return DESCRIPTOR_SKIP_BINARY;
-    char *text = malloc(len + 1);
-    if (!text)
-        return DESCRIPTOR_ENOMEM;
-    size_t n;
-    if (pytext_is_valid_utf8(raw, len)) {
-        memcpy(text, raw, len);
-        n = len;
-    } else {
-        n = pytext_drop_invalid_utf8(raw, len, text);
+    static const char spaces[MAX_TAB_WIDTH + 1] = "                                "
+                                                  "                                ";
+    if (width <= 0 || !memchr(line, '\t', ll))
+        return descriptor_buf_append(out, line, ll);
+    size_t k = 0;
+    while (k < ll) {
+        const char *tab = memchr(line + k, '\t', ll - k);
+        size_t run = tab ? (size_t)(tab - line) - k : ll - k;
+        if (descriptor_buf_append(out, line + k, run) != 0 ||
+            (tab && descriptor_buf_append(out, spaces, (size_t)width) != 0))
+            return DESCRIPTOR_ENOMEM;
+        k += run + (tab ? 1 : 0);
     }
-    n = normalise_newlines(text, n);
-    if (o->strip_block_comments)
-        n = strip_block_comments(text, n);
+    return 0;
+}
 
+/* Per line: right-strip, comment lines, tabs, blank-line runs; each kept line is
+ * appended to out followed by "\n". The byte-at-a-time reference. */
+static int clean_lines_reference(const descriptor_options *o, const char *text, size_t n,
+                                 descriptor_buf *out)
+{
     long long width = o->tab_width > MAX_TAB_WIDTH ? MAX_TAB_WIDTH : o->tab_width;
     long long max_blank = o->max_blank_lines;
     long long streak = 0;
-    int rc = 0;
-    if (descriptor_buf_reserve(out, n + 1) != 0) {
-        rc = DESCRIPTOR_ENOMEM;
-        goto out;
-    }
     size_t pos = 0;
     for (;;) {
         const char *nl = memchr(text + pos, '\n', n - pos);
@@ -842,53 +843,180 @@ int descriptor_clean(const descriptor_options *o, const char *raw, size_t len,
         if (keep) {
             if (ll == 0) {           /* rstripped to nothing: a blank line */
                 streak++;
-                if (streak <= max_blank && descriptor_buf_append(out, "\n", 1) != 0) {
-                    rc = DESCRIPTOR_ENOMEM;
-                    goto out;
-                }
+                if (streak <= max_blank && descriptor_buf_append(out, "\n", 1) != 0)
+                    return DESCRIPTOR_ENOMEM;
             } else {
                 streak = 0;
-                if (width > 0 && memchr(line, '\t', ll)) {
-                    static const char spaces[MAX_TAB_WIDTH + 1] =
-                        "                                "
-                        "                                ";
-                    size_t k = 0;
-                    while (k < ll) {
-                        const char *tab = memchr(line + k, '\t', ll - k);
-                        size_t run = tab ? (size_t)(tab - line) - k : ll - k;
-                        if (descriptor_buf_append(out, line + k, run) != 0 ||
-                            (tab && descriptor_buf_append(out, spaces, (size_t)width) != 0)) {
-                            rc = DESCRIPTOR_ENOMEM;
-                            goto out;
-                        }
-                        k += run + (tab ? 1 : 0);
-                    }
-                } else if (descriptor_buf_append(out, line, ll) != 0) {
-                    rc = DESCRIPTOR_ENOMEM;
-                    goto out;
-                }
-                if (descriptor_buf_append(out, "\n", 1) != 0) {
-                    rc = DESCRIPTOR_ENOMEM;
-                    goto out;
-                }
+                if (append_expanded(out, line, ll, width) != 0 ||
+                    descriptor_buf_append(out, "\n", 1) != 0)
+                    return DESCRIPTOR_ENOMEM;
             }
         }
         if (!nl)
             break;
         pos = end + 1;
     }
-    /* "\n".join(lines).strip(): each kept line was followed by "\n"; the final strip
-     * removes that last one together with any other surrounding whitespace. */
+    return 0;
+}
+
+/* Bit i set when p[i] (i < 64) is '\n'. */
+static uint64_t newline_mask(const unsigned char *p, int portable)
+{
+    uint64_t m = 0;
+    (void)portable;
+#if defined(__SSE2__)
+    if (!portable) {
+        for (int k = 0; k < 4; k++) {
+            __m128i v = _mm_loadu_si128((const __m128i *)(const void *)(p + 16 * k));
+            m |= (uint64_t)(unsigned)_mm_movemask_epi8(_mm_cmpeq_epi8(v, _mm_set1_epi8('\n')))
+                 << (16 * k);
+        }
+        return m;
+    }
+#endif
+    for (int i = 0; i < 64; i++)
+        m |= (uint64_t)(p[i] == '\n') << i;
+    return m;
+}
+
+/* Leading whitespace of line[0..ll) (ll > 0, its last byte not whitespace); line has 16
+ * readable bytes. Indentation by spaces is counted 16 bytes at a time. */
+static size_t leading_space(const unsigned char *line, size_t ll, int portable)
+{
+    size_t k = 0;
+    (void)portable;
+#if defined(__SSE2__)
+    if (!portable) {
+        __m128i v = _mm_loadu_si128((const __m128i *)(const void *)line);
+        unsigned spaces = (unsigned)_mm_movemask_epi8(_mm_cmpeq_epi8(v, _mm_set1_epi8(' ')));
+        k = (size_t)__builtin_ctz(~spaces);   /* 16 when all are */
+    } else
+#endif
     {
+        while (k < 16 && line[k] == ' ')
+            k++;
+    }
+    if (k < ll && line[k] > 0x20 && line[k] < 0x80)
+        return k;                    /* spaces, then a byte that is not whitespace */
+    return pytext_lstrip_len((const char *)line, ll);
+}
+
+/*
+ * The same as clean_lines_reference, faster: newlines come from 64-byte blocks, the
+ * strip checks look at one byte (or 16) before falling back to the full rules, and a
+ * run of lines that stay as they are (with their "\n") is copied at once. text has 64
+ * zero bytes after text[n).
+ */
+static int clean_lines_blocks(const descriptor_options *o, const char *text, size_t n,
+                              descriptor_buf *out, int portable)
+{
+    const unsigned char *u = (const unsigned char *)text;
+    long long width = o->tab_width > MAX_TAB_WIDTH ? MAX_TAB_WIDTH : o->tab_width;
+    long long max_blank = o->max_blank_lines;
+    long long streak = 0;
+    size_t pos = 0, run = 0;         /* text[run..pos): lines copied as they are */
+    size_t base = 0, tab = 0;        /* tab: the next '\t' at or after pos (n: none) */
+    uint64_t nls = newline_mask(u, portable);
+    if (width > 0) {
+        const char *t = memchr(text, '\t', n);
+        tab = t ? (size_t)(t - text) : n;
+    } else {
+        tab = n;
+    }
+    for (;;) {
+        while (!nls && base + 64 < n) {
+            base += 64;
+            nls = newline_mask(u + base, portable);
+        }
+        size_t end = nls ? base + (size_t)__builtin_ctzll(nls) : n;
+        nls &= nls - 1;
+        int has_nl = end < n;
+        const unsigned char *line = u + pos;
+        size_t ll = end - pos, trail = 0;
+        if (ll > 0 && !(line[ll - 1] > 0x20 && line[ll - 1] < 0x80))
+            trail = pytext_rstrip_len((const char *)line, ll);
+        size_t sl = ll - trail;
+        int keep = 1;
+        if (o->strip_comments && sl > 0) {
+            size_t lead = leading_space(line, sl, portable);
+            if (lead < sl && starts_with_comment((const char *)line + lead, sl - lead))
+                keep = 0;
+        }
+        if (tab < pos) {
+            const char *t = memchr(text + pos, '\t', n - pos);
+            tab = t ? (size_t)(t - text) : n;
+        }
+        int tabs = tab < pos + sl;
+        int emit = 0, same = 0;
+        if (keep) {
+            if (sl == 0) {
+                streak++;
+                emit = streak <= max_blank;
+                same = emit && ll == 0 && has_nl;
+            } else {
+                streak = 0;
+                emit = 1;
+                same = trail == 0 && !tabs && has_nl;
+            }
+        }
+        if (!same) {
+            if (descriptor_buf_append(out, text + run, pos - run) != 0)
+                return DESCRIPTOR_ENOMEM;
+            if (emit && (append_expanded(out, (const char *)line, sl, width) != 0 ||
+                         descriptor_buf_append(out, "\n", 1) != 0))
+                return DESCRIPTOR_ENOMEM;
+            run = end + 1;
+        }
+        if (!has_nl)
+            break;
+        pos = end + 1;
+    }
+    if (run < n && descriptor_buf_append(out, text + run, n - run) != 0)
+        return DESCRIPTOR_ENOMEM;
+    return 0;
+}
+
+int descriptor_clean(const descriptor_options *o, const char *raw, size_t len,
+                     descriptor_buf *out)
+{
+    out->len = 0;
+    if (len > descriptor_size_limit(o))
+        return DESCRIPTOR_SKIP_OVERSIZE;
+    if (len > 0 && memchr(raw, '\0', len))
+        return DESCRIPTOR_SKIP_BINARY;
+    char *text = malloc(len + 64);
+    if (!text)
+        return DESCRIPTOR_ENOMEM;
+    size_t n;
+    if (pytext_is_valid_utf8(raw, len)) {
+        memcpy(text, raw, len);
+        n = len;
+    } else {
+        n = pytext_drop_invalid_utf8(raw, len, text);
+    }
+    n = normalise_newlines(text, n);
+    if (o->strip_block_comments)
+        n = strip_block_comments(text, n);
+    memset(text + n, 0, 64);         /* the block scans read up to 64 bytes past the end */
+
+    int rc;
+    if (descriptor_buf_reserve(out, n + 1) != 0)
+        rc = DESCRIPTOR_ENOMEM;
+    else if (pytext_kernels == PYTEXT_KERNELS_REFERENCE)
+        rc = clean_lines_reference(o, text, n, out);
+    else
+        rc = clean_lines_blocks(o, text, n, out, pytext_kernels == PYTEXT_KERNELS_PORTABLE);
+    if (rc == 0) {
+        /* "\n".join(lines).strip(): each kept line was followed by "\n"; the final strip
+         * removes that last one together with any other surrounding whitespace. */
         size_t lead = pytext_lstrip_len(out->data, out->len);
         size_t trail = lead < out->len ? pytext_rstrip_len(out->data + lead, out->len - lead) : 0;
         size_t keep_len = out->len - lead - trail;
         memmove(out->data, out->data + lead, keep_len);
         out->len = keep_len;
+        if (out->len == 0)
+            rc = DESCRIPTOR_SKIP_EMPTY;
     }
-    if (out->len == 0)
-        rc = DESCRIPTOR_SKIP_EMPTY;
-out:
     free(text);
     return rc;
 }

@@ -4,6 +4,7 @@
  * The sets below are facts about CPython 3.11-3.13 (recorded in the golden file's
  * python_text_semantics); the lower-case runs are generated into pytext_lower.c.
  */
+#include <stdlib.h>
 #include <string.h>
 
 #include "pytext.h"
@@ -267,4 +268,119 @@ int pytext_is_valid_utf8(const char *s, size_t len)
             return 0;
     }
     return 1;
+}
+
+/* ---- all the lines at once ---------------------------------------------------------- */
+
+int pytext_kernels = PYTEXT_KERNELS_AUTO;
+
+/* Bit i set when byte p[i] (i < 64) may be a line break or start one: \n \v \f \r,
+ * \x1c-\x1e, and the lead bytes C2 and E2 of U+0085 and U+2028 / U+2029. */
+static uint64_t break_candidates_portable(const unsigned char *p)
+{
+    uint64_t m = 0;
+    for (int i = 0; i < 64; i++) {
+        unsigned char b = p[i];
+        int c = (b >= 0x0A && b <= 0x0D) || (b >= 0x1C && b <= 0x1E) || b == 0xC2 || b == 0xE2;
+        m |= (uint64_t)c << i;
+    }
+    return m;
+}
+
+#if defined(__SSE2__)
+#include <emmintrin.h>
+
+static uint64_t break_candidates_sse2(const unsigned char *p)
+{
+    uint64_t m = 0;
+    for (int k = 0; k < 4; k++) {
+        __m128i v = _mm_loadu_si128((const __m128i *)(const void *)(p + 16 * k));
+        /* [0x0A, 0x0D] and [0x1C, 0x1E]: shifted to the bottom of the signed range */
+        __m128i a = _mm_cmplt_epi8(_mm_add_epi8(v, _mm_set1_epi8((char)(0x80 - 0x0A))),
+                                   _mm_set1_epi8((char)(0x80 + 4)));
+        __m128i b = _mm_cmplt_epi8(_mm_add_epi8(v, _mm_set1_epi8((char)(0x80 - 0x1C))),
+                                   _mm_set1_epi8((char)(0x80 + 3)));
+        __m128i c = _mm_or_si128(_mm_cmpeq_epi8(v, _mm_set1_epi8((char)0xC2)),
+                                 _mm_cmpeq_epi8(v, _mm_set1_epi8((char)0xE2)));
+        m |= (uint64_t)(unsigned)_mm_movemask_epi8(_mm_or_si128(_mm_or_si128(a, b), c)) << (16 * k);
+    }
+    return m;
+}
+#define HAVE_SSE2_BREAKS 1
+#else
+#define HAVE_SSE2_BREAKS 0
+#endif
+
+static int push_line(size_t **pairs, size_t *cap, size_t *count, size_t start, size_t len)
+{
+    if (2 * (*count + 1) > *cap) {
+        size_t nc = *cap ? *cap * 2 : 512;
+        size_t *p = realloc(*pairs, nc * sizeof *p);
+        if (!p)
+            return -1;
+        *pairs = p;
+        *cap = nc;
+    }
+    (*pairs)[2 * *count] = start;
+    (*pairs)[2 * *count + 1] = len;
+    (*count)++;
+    return 0;
+}
+
+int pytext_split_lines(const char *s, size_t len, size_t **pairs, size_t *cap, size_t *count)
+{
+    const unsigned char *u = (const unsigned char *)s;
+    *count = 0;
+    if (pytext_kernels == PYTEXT_KERNELS_REFERENCE) {
+        for (size_t pos = 0; pos < len;) {
+            size_t ll, next = pytext_next_line(s, len, pos, &ll);
+            if (push_line(pairs, cap, count, pos, ll) != 0)
+                return -1;
+            pos = next;
+        }
+        return 0;
+    }
+    /* Blocks of 64 bytes give the candidate bytes; each one is checked in order, as
+     * pytext_next_line checks every byte (a break's other bytes are never candidates,
+     * except the \n of \r\n, which `start` skips). */
+    unsigned char tail[64];
+    size_t start = 0;                /* of the current line */
+    for (size_t base = 0; base < len; base += 64) {
+        const unsigned char *p = u + base;
+        if (len - base < 64) {
+            memset(tail, 0, sizeof tail);
+            memcpy(tail, p, len - base);
+            p = tail;
+        }
+        uint64_t m;
+#if HAVE_SSE2_BREAKS
+        if (pytext_kernels == PYTEXT_KERNELS_AUTO)
+            m = break_candidates_sse2(p);
+        else
+#endif
+            m = break_candidates_portable(p);
+        while (m) {
+            size_t i = base + (size_t)__builtin_ctzll(m);
+            m &= m - 1;
+            if (i < start)
+                continue;            /* the \n of a \r\n */
+            unsigned char b = u[i];
+            size_t next;
+            if (b < 0x80)
+                next = b == '\r' && i + 1 < len && u[i + 1] == '\n' ? i + 2 : i + 1;
+            else if (b == 0xC2)
+                next = i + 1 < len && u[i + 1] == 0x85 ? i + 2 : 0;
+            else
+                next = i + 2 < len && u[i + 1] == 0x80 && (u[i + 2] == 0xA8 || u[i + 2] == 0xA9)
+                           ? i + 3 : 0;
+            if (!next)
+                continue;
+            if (push_line(pairs, cap, count, start, i - start) != 0)
+                return -1;
+            start = next;
+        }
+    }
+    if (start < len && push_line(pairs, cap, count, start, len - start) != 0)
+        return -1;
+    return 0;
 }
