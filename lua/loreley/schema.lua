@@ -25,6 +25,7 @@ M.MIGRATIONS = {
   { version = 1, name = "001_contract.sql" },
   { version = 2, name = "002_job_indexes.sql" },
   { version = 3, name = "003_host_tables.sql" },
+  { version = 4, name = "004_control_log.sql" },
 }
 M.LATEST = M.MIGRATIONS[#M.MIGRATIONS].version
 M.LOCK_KEY = db.lock_key("loreley-host:schema-migrations")

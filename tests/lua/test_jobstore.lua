@@ -34,12 +34,13 @@ local function hash(n) return ("%040x"):format(n) end
 
 t.case("migrations: applied once, idempotent, contract DDL as the ORM makes it", function()
   local first = assert(schema.migrate(conn))
-  t.eq(first.version, 3)
-  t.same(first.applied, { "001_contract.sql", "002_job_indexes.sql", "003_host_tables.sql" })
+  t.eq(first.version, 4)
+  t.same(first.applied, { "001_contract.sql", "002_job_indexes.sql", "003_host_tables.sql",
+    "004_control_log.sql" })
   local second = assert(schema.migrate(conn))
   t.eq(#second.applied, 0, "nothing applied the second time")
   local st = assert(schema.status(conn))
-  t.eq(st.version, 3); t.eq(#st.pending, 0)
+  t.eq(st.version, 4); t.eq(#st.pending, 0)
   -- the migration statements themselves are idempotent too (a database created by hand)
   for _, m in ipairs(schema.MIGRATIONS) do assert(conn:script(schema.sql(m))) end
   local labels = {}
