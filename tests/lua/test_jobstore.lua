@@ -89,13 +89,13 @@ t.case("--init-db end to end, twice at once on a fresh database; AUTO_MIGRATE of
       { env = env, stdout = logs[i], stderr = "stdout" }))
   end
   for i = 1, 2 do t.eq(assert(sys.wait(pids[i], 60)).code, 0, t.read(logs[i])) end
-  t.eq(q(fc, "SELECT count(*) AS n FROM loreley_schema_migrations")[1].n, 3)
+  t.eq(q(fc, "SELECT count(*) AS n FROM loreley_schema_migrations")[1].n, 4)
   local text = t.read(logs[1]) .. t.read(logs[2])
-  t.match(text, "migrated to version 3")
+  t.match(text, "migrated to version 4")
   t.no_match(text, ":postgres@", "the password is masked")
   t.ok(schema.ensure(fc, off), "nothing pending now")
   local r = t.run_host({ "--init-db" }, { env = { DATABASE_URL = fresh_url } })
-  t.eq(r.code, 0); t.match(r.stderr, "up to date %(version 3%)")
+  t.eq(r.code, 0); t.match(r.stderr, "up to date %(version 4%)")
   local bad = t.run_host({ "--init-db" }, { env = { DATABASE_URL =
     ("postgresql://postgres:Wr0ngPassw0rd@127.0.0.1:%d/fresh"):format(pg.port) } })
   t.eq(bad.code, 1); t.match(bad.stderr, "password authentication failed")
