@@ -40,6 +40,7 @@
 #define JSON_TYPE "application/json; charset=utf-8"
 #define MAX_CODES 32
 #define TAKEN_GRACE_SECONDS 60.0   /* a taken request unanswered this long: 504 */
+#define STOP_GRACE_SECONDS 2.0     /* http_stop waits this long for answers in flight */
 
 typedef struct document {
     char *path;
@@ -68,6 +69,7 @@ typedef struct control_call {
     char *body;
     size_t len, cap;
     int too_large;
+    int counted;            /* in s->active_calls until completed */
     char remote[64];
     pending p;
 } control_call;
@@ -92,6 +94,7 @@ struct http_server {
     size_t ndocs, docs_cap;
     pending *queue_head, *queue_tail;
     pending *taken;
+    unsigned active_calls;           /* control calls between queueing and completion */
     uint64_t next_id;
     int stopping;
     struct {
@@ -488,6 +491,8 @@ static enum MHD_Result run_control(http_server *s, struct MHD_Connection *c, con
     }
     p->id = ++s->next_id;
     p->state = PENDING_QUEUED;
+    call->counted = 1;
+    s->active_calls++;
     p->next = NULL;
     if (s->queue_tail)
         s->queue_tail->next = p;
@@ -808,6 +813,10 @@ static void on_completed(void *cls, struct MHD_Connection *c, void **con_cls,
     pthread_mutex_lock(&s->lock);
     unlink_pending(&s->queue_head, &s->queue_tail, &call->p);
     unlink_pending(&s->taken, NULL, &call->p);
+    if (call->counted) {
+        s->active_calls--;
+        pthread_cond_broadcast(&s->changed);
+    }
     pthread_mutex_unlock(&s->lock);
     free(call->body);
     free(call->p.reply);
@@ -933,9 +942,15 @@ void http_stop(http_server *s)
 {
     if (!s)
         return;
+    /* Waiting control calls wake up and answer 503; give their answers up to
+     * STOP_GRACE_SECONDS to reach the clients before the connections are torn down. */
     pthread_mutex_lock(&s->lock);
     s->stopping = 1;
     pthread_cond_broadcast(&s->changed);
+    struct timespec until = deadline_after(STOP_GRACE_SECONDS);
+    while (s->active_calls > 0 &&
+           pthread_cond_timedwait(&s->changed, &s->lock, &until) != ETIMEDOUT) {
+    }
     pthread_mutex_unlock(&s->lock);
     if (s->daemon)
         MHD_stop_daemon(s->daemon);   /* joins every connection thread; closes the socket */
