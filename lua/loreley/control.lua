@@ -6,9 +6,11 @@
 --   control.ENDPOINTS                  {"pause", "resume", "limits", "reload"}
 --   control.LIMITS                     the limits a client may override (key, field, min, max)
 --   local st = control.new(ctx)
---   control.serve(ctx, st, server) -> n   answers every queued request (a reload is
---                                        answered once the host has tried it)
---   control.after_reload(ctx, st, server)  records a reload and answers its requests
+--   control.serve(ctx, st, server) -> answers   applies every queued request; answers is
+--                                        { {id, status, body}, ... } for server:reply,
+--                                        sent by the caller once the snapshot shows the
+--                                        change (a reload is answered by after_reload)
+--   control.after_reload(ctx, st) -> answers   records a reload; answers its requests
 --   control.flush(ctx, st) -> bool      writes unsaved changes to loreley_control_log
 --   control.describe(ctx, st) -> table  the state GET /api/control shows
 --
@@ -256,8 +258,9 @@ local function encode(v)
   return json.encode(v, { nonfinite = "null" }) .. "\n"
 end
 
--- Answers every queued request. Returns how many were taken.
+-- Applies every queued request. Returns the answers to send.
 function M.serve(ctx, st, server)
+  local answers = {}
   local requests = server:take()
   for _, req in ipairs(requests) do
     local handler = handlers[req.endpoint]
@@ -276,16 +279,17 @@ function M.serve(ctx, st, server)
         host.error("control: /api/control/%s failed: %s", req.endpoint, tostring(err))
       end
     end
-    if status ~= nil then server:reply(req.id, status, encode(body)) end
+    if status ~= nil then answers[#answers + 1] = { req.id, status, encode(body) } end
   end
-  return #requests
+  return answers
 end
 
 -- After the host tried a reload (SIGHUP or the control plane): record it and answer the
 -- reload requests waiting for it.
-function M.after_reload(ctx, st, server)
+function M.after_reload(ctx, st)
+  local answers = {}
   local reloads, failures = ctx.reloads or 0, ctx.reload_failures or 0
-  if reloads == st.seen_reloads and failures == st.seen_reload_failures then return false end
+  if reloads == st.seen_reloads and failures == st.seen_reload_failures then return answers end
   local succeeded = reloads > st.seen_reloads
   st.seen_reloads, st.seen_reload_failures = reloads, failures
   local pending = st.pending_reloads
@@ -298,16 +302,16 @@ function M.after_reload(ctx, st, server)
   local recorded = M.flush(ctx, st)
   for _, p in ipairs(pending) do
     if succeeded then
-      server:reply(p.id, 200, encode { ok = true,
+      answers[#answers + 1] = { p.id, 200, encode { ok = true,
         changed = ctx.policy_version ~= p.from_version, recorded = recorded,
-        reloaded = true, version = ctx.policy_version, previous_version = p.from_version })
+        reloaded = true, version = ctx.policy_version, previous_version = p.from_version } }
     else
-      server:reply(p.id, 409, encode { error = ("the policy file failed to load (see the "
-        .. "host log); the running policy (version %s) is kept"):format(ctx.policy_version),
-        version = ctx.policy_version })
+      answers[#answers + 1] = { p.id, 409, encode { error = ("the policy file failed to load "
+        .. "(see the host log); the running policy (version %s) is kept")
+        :format(ctx.policy_version), version = ctx.policy_version } }
     end
   end
-  return true
+  return answers
 end
 
 return M

@@ -17,9 +17,9 @@
 -- The state lives in ctx.monitor, so it survives policy reloads.
 --
 -- Cost per tick: a few table updates, one indexed count of the unfinished jobs, the
--- status JSON and the metrics text; finished jobs are counted at most every
--- FINISHED_EVERY seconds, and an island's heatmap and best elites are rebuilt only when
--- its archive changed (loreley.http.heatmap, in C).
+-- status JSON and the metrics text; finished jobs are counted again only when the
+-- unfinished counts moved (or every FINISHED_EVERY seconds), and an island's heatmap and
+-- best elites are rebuilt only when its archive changed (loreley.http.heatmap, in C).
 local host = require "loreley.host"
 local http = require "loreley.http"
 local json = require "loreley.json"
@@ -126,8 +126,9 @@ local function update_throughput(ctx, m)
   end
 end
 
--- Jobs by status: the unfinished ones every call (an indexed count), the finished ones
--- at most every FINISHED_EVERY seconds (or when forced).
+-- Jobs by status: the unfinished ones every call (an indexed count); the finished ones
+-- (a scan of the experiment's jobs) when the unfinished counts moved (a job finished or
+-- was created), when forced, and at least every FINISHED_EVERY seconds.
 local function update_jobs(ctx, m, force)
   local s = ctx.loreley
   if not (s and s.store and s.store.count_by_status) then return end
@@ -136,9 +137,13 @@ local function update_jobs(ctx, m, force)
     m.jobs_error = tostring(err)
     return
   end
+  local moved = not m.jobs
   m.jobs = m.jobs or {}
-  for k, v in pairs(counts) do m.jobs[k] = v end
-  if force or host.now() - m.finished_at >= FINISHED_EVERY then
+  for k, v in pairs(counts) do
+    if m.jobs[k] ~= v then moved = true end
+    m.jobs[k] = v
+  end
+  if force or moved or host.now() - m.finished_at >= FINISHED_EVERY then
     local finished = s.store:count_by_status(FINISHED)
     if finished then
       for k, v in pairs(finished) do m.jobs[k] = v end
@@ -285,8 +290,7 @@ local function metrics_text(ctx, m, islands, stages, control_state)
       if m.jobs[status] then jobs[#jobs + 1] = { { status = status:lower() }, m.jobs[status] } end
     end
   end
-  e:gauge("loreley_jobs", "Jobs of this experiment by status (finished statuses are counted "
-    .. "at most every " .. FINISHED_EVERY .. " s).", jobs)
+  e:gauge("loreley_jobs", "Jobs of this experiment by status.", jobs)
   e:counter("loreley_jobs_scheduled_total", "Jobs created by the schedule stage.",
     c.scheduled or 0)
   e:counter("loreley_jobs_dispatched_total", "Jobs sent to the worker queue.", c.dispatched or 0)
@@ -372,12 +376,17 @@ function M.service(ctx, event, ok)
     m.state = "running"
     update_jobs(ctx, m, true)
     control.flush(ctx, m.control)
-  elseif event == "reload" then
-    control.after_reload(ctx, m.control, m.server)
+  end
+  -- Control answers go out after the snapshot shows their effect, so a client that
+  -- reads /api/control or /api/policy after its answer sees the change.
+  local answers
+  if event == "reload" then
+    answers = control.after_reload(ctx, m.control)
   elseif event == "request" then
-    control.serve(ctx, m.control, m.server)
+    answers = control.serve(ctx, m.control, m.server)
   end
   M.publish(ctx)
+  for _, a in ipairs(answers or {}) do m.server:reply(a[1], a[2], a[3]) end
   metrics.observe(m.render_histogram, host.now() - started)
 end
 
