@@ -619,8 +619,9 @@ static int monitor_start(host *h)
 #endif
 }
 
-/* Calls monitor.<fn>(ctx, event, ok) when the HTTP face runs; a failure is logged. */
-static void monitor_call(host *h, const char *fn, const char *event, int ok)
+/* Calls monitor.<fn>(ctx, event, ok, wait) when the HTTP face runs; a failure is
+ * logged. wait: seconds until the next tick (after "tick"), else 0. */
+static void monitor_call(host *h, const char *fn, const char *event, int ok, double wait)
 {
     if (h->monitor_ref == LUA_NOREF)
         return;
@@ -631,21 +632,28 @@ static void monitor_call(host *h, const char *fn, const char *event, int ok)
     lua_rawgeti(L, LUA_REGISTRYINDEX, h->ctx_ref);
     lua_pushstring(L, event);
     lua_pushboolean(L, ok);
-    if (host_docall(L, 3, 0) != 0) {
+    lua_pushnumber(L, wait);
+    if (host_docall(L, 4, 0) != 0) {
         log_error("HTTP face: %s(%s) failed: %s", fn, event, lua_tostring(L, -1));
         lua_pop(L, 1);
     }
 }
 
-/* Events: "init", "tick" (ok = the tick did not raise), "reload", "request". */
+/* Events: "init", "reload", "request"; ticks go through monitor_tick. */
 static void monitor_event(host *h, const char *event, int ok)
 {
-    monitor_call(h, "service", event, ok);
+    monitor_call(h, "service", event, ok, 0);
+}
+
+/* After a tick: ok = it did not raise; wait = seconds until the next one. */
+static void monitor_tick(host *h, int ok, double wait)
+{
+    monitor_call(h, "service", "tick", ok, wait);
 }
 
 static void monitor_stop(host *h)
 {
-    monitor_call(h, "stop", "stop", 1);
+    monitor_call(h, "stop", "stop", 1, 0);
     if (h->monitor_ref != LUA_NOREF) {
         luaL_unref(h->L, LUA_REGISTRYINDEX, h->monitor_ref);
         h->monitor_ref = LUA_NOREF;
@@ -665,7 +673,6 @@ static int run_loop(host *h)
         int stop;
         double started = host_now();
         int failed = run_tick(h, &delay, &stop) != 0;
-        monitor_event(h, "tick", !failed);
         double interval = poll_interval(h);
         double elapsed = host_now() - started;
         if (failed && once)
@@ -673,10 +680,11 @@ static int run_loop(host *h)
         if (!once && elapsed > interval)
             log_warning("slow tick %ld: %.3f s, longer than the poll interval of %.3f s",
                         h->tick_count, elapsed, interval);
+        double wait = once || stop ? 0 : delay >= 0 ? delay : interval - elapsed;
+        double deadline = host_now() + (wait > 0 ? wait : 0);
+        monitor_tick(h, !failed, wait);   /* its time comes out of the sleep */
         if (once || stop)
             break;
-        double wait = delay >= 0 ? delay : interval - elapsed;
-        double deadline = host_now() + (wait > 0 ? wait : 0);
         for (;;) {
             double left = deadline - host_now();
             if (host_sleep(left, 1))

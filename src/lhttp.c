@@ -14,6 +14,10 @@
  *   server:reply(id, status, body) -> bool       answers a taken request
  *   server:responses() -> { [status] = count }   server:close()
  *   http.heatmap(archive, {dims = {1, 2}, bins = 32, max_cells = 512}) -> json, occupied
+ *       json: {dims, nx, ny, elites, occupied, lower, upper, min, max, level, count[, best]}
+ *       with level[y * nx + x] = the cell's best objective scaled to 0..65535 over
+ *       [min, max] (-1 when empty), count = elites per cell, and best = the exact values
+ *       (null when empty) when nx * ny <= 4096
  *   http.best(archive, k) -> cells, best first
  *   http.parse_listen(text) -> {host=, port=, ipv6=} | nil, message
  *
@@ -249,6 +253,21 @@ static void add_number(luaL_Buffer *b, double v)
     luaL_addstring(b, text);
 }
 
+/* Appends v in decimal (the heatmap's many small integers). */
+static void add_unsigned(luaL_Buffer *b, unsigned v)
+{
+    char digits[12];
+    int n = 0;
+    do {
+        digits[n++] = (char)('0' + v % 10);
+        v /= 10;
+    } while (v);
+    while (n)
+        luaL_addchar(b, digits[--n]);
+}
+
+#define EXACT_CELLS 4096   /* heatmaps up to this many cells carry exact best values */
+
 static const char *const heatmap_keys[] = {"dims", "bins", "max_cells", NULL};
 
 /* http.heatmap(archive, opts) -> json, occupied cells */
@@ -285,6 +304,15 @@ static int http_heatmap_l(lua_State *L)
                                                      : err);
     /* The buffer grows on the Lua stack; h is freed on every path below (no raise
      * between here and heatmap_free but luaL_Buffer's out-of-memory). */
+    size_t n = h.nx * h.ny;
+    double lo = INFINITY, hi = -INFINITY;
+    for (size_t i = 0; i < n; i++)
+        if (h.count[i]) {
+            if (h.best[i] < lo)
+                lo = h.best[i];
+            if (h.best[i] > hi)
+                hi = h.best[i];
+        }
     luaL_Buffer b;
     luaL_buffinit(L, &b);
     char head[256];
@@ -299,20 +327,45 @@ static int http_heatmap_l(lua_State *L)
     add_number(&b, h.upper[0]);
     luaL_addchar(&b, ',');
     add_number(&b, h.upper[1]);
-    luaL_addstring(&b, "],\"best\":[");
-    size_t n = h.nx * h.ny;
+    luaL_addstring(&b, "],\"min\":");
+    add_number(&b, lo);
+    luaL_addstring(&b, ",\"max\":");
+    add_number(&b, hi);
+    /* level: the best objective scaled to 0..65535 over [min, max] (-1: empty); cheap to
+     * write for any size. best: the exact values, for heatmaps up to EXACT_CELLS cells
+     * (a shortest-round-trip number costs about half a microsecond to format). */
+    luaL_addstring(&b, ",\"level\":[");
     for (size_t i = 0; i < n; i++) {
         if (i)
             luaL_addchar(&b, ',');
-        add_number(&b, h.best[i]);
+        if (!h.count[i]) {
+            luaL_addstring(&b, "-1");
+            continue;
+        }
+        unsigned level = hi > lo ? (unsigned)((h.best[i] - lo) / (hi - lo) * 65535.0 + 0.5)
+                                 : 65535u;
+        add_unsigned(&b, level);
     }
     luaL_addstring(&b, "],\"count\":[");
     for (size_t i = 0; i < n; i++) {
-        char c[16];
-        snprintf(c, sizeof c, i ? ",%u" : "%u", (unsigned)h.count[i]);
-        luaL_addstring(&b, c);
+        if (i)
+            luaL_addchar(&b, ',');
+        add_unsigned(&b, h.count[i]);
     }
-    luaL_addstring(&b, "]}");
+    luaL_addchar(&b, ']');
+    if (n <= EXACT_CELLS) {
+        luaL_addstring(&b, ",\"best\":[");
+        for (size_t i = 0; i < n; i++) {
+            if (i)
+                luaL_addchar(&b, ',');
+            if (h.count[i])
+                add_number(&b, h.best[i]);
+            else
+                luaL_addstring(&b, "null");
+        }
+        luaL_addchar(&b, ']');
+    }
+    luaL_addchar(&b, '}');
     size_t occupied = h.occupied;
     heatmap_free(&h);
     luaL_pushresult(&b);

@@ -3,7 +3,9 @@
 -- main thread, never from the server's threads:
 --
 --   monitor.start(ctx, listen) -> true | nil, message, "invalid" | "system"
---   monitor.service(ctx, event)    event: "init" | "tick" | "reload" | "request"
+--   monitor.service(ctx, event, ok, wait)   event: "init" | "tick" | "reload" |
+--                                  "request"; after "tick", ok = the tick did not raise
+--                                  and wait = seconds until the next tick
 --   monitor.stop(ctx)
 --
 -- After every event it renders a snapshot and publishes it to the server, which answers
@@ -16,10 +18,13 @@
 -- Control requests (POST /api/control/...) are answered by loreley.control on "request".
 -- The state lives in ctx.monitor, so it survives policy reloads.
 --
--- Cost per tick: a few table updates, one indexed count of the unfinished jobs, the
--- status JSON and the metrics text; finished jobs are counted again only when the
--- unfinished counts moved (or every FINISHED_EVERY seconds), and an island's heatmap and
--- best elites are rebuilt only when its archive changed (loreley.http.heatmap, in C).
+-- Cost per tick: a few table updates; then, unless the last snapshot is younger than
+-- MIN_PUBLISH seconds and the next tick comes sooner than that (a busy host), the
+-- snapshot: one indexed count of the unfinished jobs, the status JSON and the metrics
+-- text. Finished jobs are counted again only when the unfinished counts moved (or every
+-- FINISHED_EVERY seconds); an island's heatmap and best elites are rebuilt only when its
+-- archive changed (loreley.http.heatmap, in C). So a snapshot is at most MIN_PUBLISH
+-- seconds (plus one tick) old while the host is busy, and current while it sleeps.
 local host = require "loreley.host"
 local http = require "loreley.http"
 local json = require "loreley.json"
@@ -35,6 +40,8 @@ local THROUGHPUT_BUCKET = 10    -- seconds per point of the throughput series
 local THROUGHPUT_POINTS = 360   -- one hour
 local FINISHED_EVERY = 10       -- seconds between counts of finished jobs
 local RECENT_ERRORS = 30
+local MIN_PUBLISH = 0.5         -- seconds between snapshots while ticks follow closely
+local HEATMAP_SHARE = 0.02      -- busy host: heatmaps take at most this share of the time
 local HEATMAP_BINS = 32         -- CVT archives: cells per axis
 local HEATMAP_MAX_CELLS = 512   -- grid archives: cells per axis at most
 local STATUSES = { "PENDING", "QUEUED", "RUNNING", "SUCCEEDED", "FAILED", "CANCELLED" }
@@ -158,7 +165,10 @@ end
 
 -- Each island's view: stats, and the heatmap and best elites, rebuilt only when the
 -- archive changed (its identity, elite count or QD score). Publishes changed heatmaps.
-local function island_views(ctx, m)
+-- While the host is busy, an island is rebuilt at most once per HEATMAP_SHARE^-1 times
+-- its last build time (a 10^5-cell heatmap takes a few ms), so the views never take more
+-- than about 2 % of the main thread.
+local function island_views(ctx, m, busy)
   local s = ctx.loreley
   local views = json.array()
   if not (s and s.islands) then return views end
@@ -175,7 +185,9 @@ local function island_views(ctx, m)
     end
     local path = "/api/heatmap/" .. i
     local key = ("%s|%d|%.17g"):format(tostring(a), st.num_elites, st.qd_score)
-    if cache.key ~= key or cache.path ~= path then
+    if (cache.key ~= key or cache.path ~= path)
+        and not (busy and cache.path == path and host.now() < (cache.next_build or 0)) then
+      local build_started = host.now()
       local d = a:dimensions()
       local dims = { math.min(m.dims[1], d), math.min(m.dims[2], d) }
       local text, occupied = http.heatmap(a, { dims = dims, bins = HEATMAP_BINS,
@@ -192,6 +204,7 @@ local function island_views(ctx, m)
       end
       cache.key, cache.path, cache.dims, cache.occupied, cache.best = key, path, dims, occupied,
         best
+      cache.next_build = host.now() + (host.now() - build_started) / HEATMAP_SHARE
     end
     views[#views + 1] = { id = id, kind = a:kind(), dimensions = a:dimensions(),
       cells = st.cells, elites = st.num_elites, coverage = st.coverage, qd_score = st.qd_score,
@@ -344,10 +357,11 @@ local function metrics_text(ctx, m, islands, stages, control_state)
   return e:text()
 end
 
--- Renders every document and publishes it.
-function M.publish(ctx)
+-- Renders every document and publishes it. busy: the next tick comes soon.
+function M.publish(ctx, busy)
   local m = ctx.monitor
-  local islands = island_views(ctx, m)
+  m.published_at = host.now()
+  local islands = island_views(ctx, m, busy)
   local stages = stage_list(ctx)
   local control_state = control.describe(ctx, m.control)
   m.server:publish("/api/status", encode(status_doc(ctx, m, islands, stages, control_state)))
@@ -359,7 +373,7 @@ end
 
 -- --- events --------------------------------------------------------------------------------
 
-function M.service(ctx, event, ok)
+function M.service(ctx, event, ok, wait)
   local m = ctx.monitor
   if not m or not m.server then return end
   local started = host.now()
@@ -370,6 +384,10 @@ function M.service(ctx, event, ok)
     m.last_tick_at = host.time()
     m.state = "running"
     update_throughput(ctx, m)
+    if (wait or 0) < MIN_PUBLISH and started - m.published_at < MIN_PUBLISH then
+      metrics.observe(m.render_histogram, host.now() - started)
+      return   -- a busy host: the next tick comes soon, the snapshot is fresh enough
+    end
     update_jobs(ctx, m, false)
     control.flush(ctx, m.control)
   elseif event == "init" then
@@ -385,7 +403,7 @@ function M.service(ctx, event, ok)
   elseif event == "request" then
     answers = control.serve(ctx, m.control, m.server)
   end
-  M.publish(ctx)
+  M.publish(ctx, event == "tick" and (wait or 0) < 1)
   for _, a in ipairs(answers or {}) do m.server:reply(a[1], a[2], a[3]) end
   metrics.observe(m.render_histogram, host.now() - started)
 end

@@ -189,6 +189,14 @@ t.case("/api/heatmap/1 is the database's projection on measures 1 and 3", functi
   local occupied = 0
   for _ in pairs(expected) do occupied = occupied + 1 end
   t.eq(seen, occupied); t.eq(h.occupied, occupied)
+  -- the levels the page draws: (best - min) / (max - min) * 65535, rounded
+  local lo, hi = math.huge, -math.huge
+  for _, e in pairs(expected) do lo, hi = math.min(lo, e.best), math.max(hi, e.best) end
+  t.eq(h.min, lo); t.eq(h.max, hi)
+  for i = 1, h.nx * h.ny do
+    local e = expected[((i - 1) % h.nx) .. "," .. math.floor((i - 1) / h.nx)]
+    t.eq(h.level[i], e and math.floor((e.best - lo) / (hi - lo) * 65535 + 0.5) or -1)
+  end
   -- the best elites, as the database orders them
   local top = assert(conn:query([[SELECT cell_index, objective, commit_hash FROM loreley_archive_cells
     ORDER BY objective DESC, cell_index ASC LIMIT 10]]))

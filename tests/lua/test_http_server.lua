@@ -135,6 +135,9 @@ t.case("heatmaps: the grid's own cells, projections, CVT bins, best elites", fun
   -- index y * nx + x
   t.same(h.best, { 1.5, -1, null, null, null, null, null, null, null, null, null, 2.5 })
   t.same(h.count, { 1, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1 })
+  -- levels: (best - min) / (max - min) * 65535, rounded; -1 where empty
+  t.eq(h.min, -1); t.eq(h.max, 2.5)
+  t.same(h.level, { math.floor(2.5 / 3.5 * 65535 + 0.5), 0, -1, -1, -1, -1, -1, -1, -1, -1, -1, 65535 })
   -- swapped axes
   h = assert(json.decode((http.heatmap(a, { dims = { 2, 1 } }))))
   t.eq(h.nx, 3); t.eq(h.ny, 4)
@@ -155,6 +158,19 @@ t.case("heatmaps: the grid's own cells, projections, CVT bins, best elites", fun
   h = assert(json.decode((http.heatmap(big, { dims = { 1, 2 }, max_cells = 10 }))))
   t.eq(h.nx, 10); t.eq(h.ny, 2)
   t.eq(h.best[1], 1); t.eq(h.best[1 * 10 + 9 + 1], 2)
+  -- over 4096 cells: levels and counts only (exact values cost too much to write)
+  local wide = archive.grid { dims = { 80, 80 }, lower = { 0, 0 }, upper = { 80, 80 } }
+  wide:add("w1", 10, { 0.5, 0.5 })
+  wide:add("w2", 20, { 79.5, 79.5 })
+  wide:add("w3", 15, { 40.5, 0.5 })
+  h = assert(json.decode((http.heatmap(wide, { dims = { 1, 2 } }))))
+  t.eq(h.nx, 80); t.eq(h.best, nil)
+  t.eq(h.level[1], 0); t.eq(h.level[80 * 80], 65535); t.eq(h.level[41], 32768)
+  t.eq(h.count[41], 1); t.eq(h.level[2], -1)
+  -- one elite: the top level; none: min and max are null
+  h = assert(json.decode((http.heatmap(archive.grid { dims = { 2, 2 }, lower = { 0, 0 },
+    upper = { 1, 1 } }, {}))))
+  t.eq(h.min, null); t.eq(h.max, null); t.same(h.level, { -1, -1, -1, -1 })
   -- CVT: measures binned over the bounds
   local cvt = archive.cvt { lower = { 0, 0 }, upper = { 1, 1 },
     centroids = { { 0.1, 0.1 }, { 0.9, 0.9 }, { 0.1, 0.9 } } }
