@@ -32,7 +32,7 @@ local POLICY = SOURCE .. "/bench/http_policy.lua"
 local SECONDS = tonumber(os.getenv("BENCH_SECONDS") or "") or 60
 local PAGE_RUNS = tonumber(os.getenv("BENCH_PAGE_RUNS") or "") or 5
 local PART = os.getenv("BENCH_PART") or "all"
-local PHASE = 5
+local PHASE = tonumber(os.getenv("BENCH_PHASE") or "") or 2
 
 local dir = assert(sys.mkdtemp("/tmp/loreley-bench-http-"))
 

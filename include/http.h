@@ -14,8 +14,9 @@
  * Status codes decided here: 401 (no bearer token), 403 (wrong token, or the control
  * plane is off because no token is configured), 404 (unknown path), 405 (wrong method;
  * with an Allow header), 413 (a body over HTTP_MAX_BODY bytes), 421 (a loopback server
- * reached under another host name: DNS rebinding), 503 (not taken in time, or stopping).
- * Everything else (200, 400 for a malformed body, ...) is the main thread's answer.
+ * reached under another host name: DNS rebinding), 503 (not taken in time, or stopping),
+ * 504 (taken but never answered: a bug on the main thread's side). Everything else (200,
+ * 400 for a malformed body, ...) is the main thread's answer.
  */
 #ifndef LORELEY_HTTP_H
 #define LORELEY_HTTP_H

@@ -4,17 +4,18 @@
 -- host: a port in use or an invalid address stops start-up with a clear message before
 -- init runs; idle, slow and many concurrent clients do not stall the tick loop.
 local t = require "support.t"
+
+if not package.preload["loreley.http"] then
+  io.stderr:write("SKIP: this loreley-host was built without LORELEY_HTTP\n")
+  return
+end
+
 local client = require "support.http_client"
 local http = require "loreley.http"
 local json = require "loreley.json"
 local archive = require "loreley.archive"
 local host = require "loreley.host"
 local sys = require "loreley.sys"
-
-if not package.preload["loreley.http"] then
-  io.stderr:write("SKIP: this loreley-host was built without LORELEY_HTTP\n")
-  return
-end
 
 local dir = t.tmpdir()
 
