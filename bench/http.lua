@@ -58,11 +58,15 @@ local function percentile(list, p)
   return s[math.max(1, math.ceil(#s * p))]
 end
 
+local spawned = {}   -- hosts this script started, stopped at the end even after an error
+
 local function spawn(args, log, env)
   local argv = { BINARY }
   for _, a in ipairs(args) do argv[#argv + 1] = a end
-  return assert(sys.spawn(argv, { stdout = log, stderr = "stdout",
+  local pid = assert(sys.spawn(argv, { stdout = log, stderr = "stdout",
     env = env or { LOG_FORMAT = false, NO_COLOR = "1" } }))
+  spawned[#spawned + 1] = pid
+  return pid
 end
 
 local function read(path)
@@ -88,13 +92,28 @@ local function port_of(log)
   end)
 end
 
--- {at = seconds of the day, work = seconds} for every "work" line.
+-- {at = seconds of the day, work = wall seconds, cpu = thread CPU seconds} per "work" line.
 local function work_lines(text)
   local out = {}
-  for h, m, s, w in text:gmatch("(%d%d):(%d%d):(%d%d%.%d%d%d) INFO    work ([%d%.e%-]+)") do
-    out[#out + 1] = { at = tonumber(h) * 3600 + tonumber(m) * 60 + tonumber(s), work = tonumber(w) }
+  for h, m, s, w, c in text:gmatch("(%d%d):(%d%d):(%d%d%.%d%d%d) INFO    work ([%d%.e%-]+) ([%d%.e%-]+)") do
+    out[#out + 1] = { at = tonumber(h) * 3600 + tonumber(m) * 60 + tonumber(s), work = tonumber(w),
+      cpu = tonumber(c) }
   end
   return out
+end
+
+-- CPU seconds (user + system) of the whole process and of its main thread, from /proc.
+local CLOCK_TICK = 100   -- sysconf(_SC_CLK_TCK) on Linux
+local function cpu_seconds(pid)
+  local function ticks(path)
+    local text = read(path)
+    local rest = text:match("%) (.*)$")
+    if not rest then return 0 end
+    local fields = {}
+    for f in rest:gmatch("%S+") do fields[#fields + 1] = f end
+    return (tonumber(fields[12]) + tonumber(fields[13])) / CLOCK_TICK   -- utime, stime
+  end
+  return ticks("/proc/" .. pid .. "/stat"), ticks(("/proc/%d/task/%d/stat"):format(pid, pid))
 end
 
 local function day_clock() return host.time() % 86400 end
@@ -116,6 +135,8 @@ local function run_tick(with_http, load)
   host.sleep(1)
   local phases, answered, failed = {}, 0, 0
   local phase_count = math.floor(SECONDS / PHASE)
+  local total0, main0 = cpu_seconds(pid)
+  local run_started = host.now()
   for i = 1, phase_count do
     local loaded = load and i % 2 == 0
     local from = day_clock()
@@ -136,27 +157,37 @@ local function run_tick(with_http, load)
     end
     phases[#phases + 1] = { from = from, to = day_clock(), loaded = loaded }
   end
+  -- CPU of every thread but the main one (the server's), per second of the run
+  local total1, main1 = cpu_seconds(pid)
+  local others = ((total1 - total0) - (main1 - main0)) / (host.now() - run_started)
   local metrics
   if with_http then metrics = assert(prom.parse(assert(client.get(port, "/metrics")).body)) end
   sys.kill(pid, "TERM")
   sys.wait(pid, 10)
   local lines = work_lines(read(log))
-  local on, off = {}, {}
+  local on, off, cpu_on, cpu_off = {}, {}, {}, {}
   for _, l in ipairs(lines) do
     for _, p in ipairs(phases) do
       -- leave 0.1 s at each phase edge out
       if l.at > p.from + 0.1 and l.at < p.to - 0.1 then
-        if p.loaded then on[#on + 1] = l.work else off[#off + 1] = l.work end
+        if p.loaded then
+          on[#on + 1], cpu_on[#cpu_on + 1] = l.work, l.cpu
+        else
+          off[#off + 1], cpu_off[#cpu_off + 1] = l.work, l.cpu
+        end
       end
     end
   end
-  return { on = on, off = off, answered = answered, failed = failed, metrics = metrics,
-    seconds = phase_count * PHASE, loaded_seconds = math.floor(phase_count / 2) * PHASE }
+  local loaded_seconds = math.floor(phase_count / 2) * PHASE
+  return { on = on, off = off, cpu_on = cpu_on, cpu_off = cpu_off, answered = answered,
+    failed = failed, metrics = metrics, seconds = phase_count * PHASE,
+    loaded_seconds = loaded_seconds, others = others,
+    load_share = loaded_seconds / (phase_count * PHASE) }
 end
 
 local function ms(v) return ("%.3f ms"):format(v * 1000) end
 
-if PART == "all" or PART == "tick" then
+local function part_tick()
   print(("Part 1: tick work time, %d s per run in %d s phases"):format(SECONDS, PHASE))
   local plain = run_tick(false, false)
   local idle = run_tick(true, false)
@@ -169,6 +200,7 @@ if PART == "all" or PART == "tick" then
   for _, v in ipairs(plain.off) do all_plain[#all_plain + 1] = v end
   local all_idle = {}
   for _, v in ipairs(idle.off) do all_idle[#all_idle + 1] = v end
+  print("  wall time of the tick's work:")
   row("no --http", all_plain)
   row("--http, no client", all_idle)
   row("--http, phases without load (same run)", loaded.off)
@@ -176,6 +208,17 @@ if PART == "all" or PART == "tick" then
   local diff = (median(loaded.on) - median(loaded.off)) / median(loaded.off) * 100
   local diff_mean = (mean(loaded.on) - mean(loaded.off)) / mean(loaded.off) * 100
   print(("  load vs no load in the same run: median %+.2f %%, mean %+.2f %%"):format(diff, diff_mean))
+  print("  CPU time of the tick's work (the main thread's own clock):")
+  row("no --http", plain.cpu_off)
+  row("--http, phases without load (same run)", loaded.cpu_off)
+  row("--http, phases with 50 requests/s (same run)", loaded.cpu_on)
+  print(("  load vs no load in the same run: median %+.2f %%"):format(
+    (median(loaded.cpu_on) - median(loaded.cpu_off)) / median(loaded.cpu_off) * 100))
+  -- the loaded run has load in load_share of its time: the requests' own CPU per loaded
+  -- second is the difference of the two runs' rates divided by that share
+  print(("  CPU of the server threads: %.2f %% of a core with no client; %.2f %% over the "
+    .. "loaded run, so %.2f %% of a core while serving 50 requests/s"):format(idle.others * 100,
+      loaded.others * 100, (loaded.others - idle.others) / loaded.load_share * 100 + idle.others * 100))
   print(("  requests answered %d (%.1f per loaded second), failed %d"):format(loaded.answered,
     loaded.answered / loaded.loaded_seconds, loaded.failed))
   local fams = loaded.metrics
@@ -189,6 +232,7 @@ if PART == "all" or PART == "tick" then
 end
 
 -- --- part 2 --------------------------------------------------------------------------------
+
 
 local function chromium_path()
   local r = sys.run { "sh", "-c", "command -v chromium" }
@@ -311,7 +355,7 @@ local function page_run(browser, session, port, run)
   error("the page did not draw its heatmap within 60 s")
 end
 
-if PART == "all" or PART == "page" then
+local function part_page()
   -- server side: building the heatmap JSON of 10^5 elites, in this process
   for _, spec in ipairs { { "2-D 317 x 317", 317, 2 }, { "4-D 18^4", 18, 4 } } do
     local dims, lower, upper = {}, {}, {}
@@ -380,4 +424,15 @@ if PART == "all" or PART == "page" then
   end
 end
 
+local ok, err = xpcall(function()
+  if PART == "all" or PART == "tick" then part_tick() end
+  if PART == "all" or PART == "page" then part_page() end
+end, debug.traceback)
+for _, pid in ipairs(spawned) do
+  if sys.alive(pid) then
+    sys.kill(pid, "KILL")
+    sys.wait(pid, 5)
+  end
+end
 sys.run { "rm", "-rf", dir }
+if not ok then error(err, 0) end

@@ -7,9 +7,21 @@
 -- "tick": the island holds 10^4 elites on the default 12^4 grid and gains one elite per
 -- tick (so the heatmap and best elites are rebuilt after every tick, as in a live run);
 -- the tick's work is fixed: clear a scratch archive, add the same 20,000 elites to it in
--- one batch, draw 2,000 samples. Each tick logs "work <seconds>" and returns 0.02.
+-- one batch, draw 2,000 samples. Each tick logs "work <wall seconds> <thread CPU
+-- seconds>" and returns 0.02.
+local ffi = require "ffi"
 local host = require "loreley.host"
 local archive = require "loreley.archive"
+
+ffi.cdef [[
+  struct bench_timespec { long tv_sec; long tv_nsec; };
+  int clock_gettime(int clock, struct bench_timespec *ts);
+]]
+local ts = ffi.new("struct bench_timespec")
+local function thread_cpu()   -- CLOCK_THREAD_CPUTIME_ID: this (the main) thread only
+  ffi.C.clock_gettime(3, ts)
+  return tonumber(ts.tv_sec) + tonumber(ts.tv_nsec) / 1e9
+end
 
 local mode = arg and arg[1] or "tick"
 
@@ -68,7 +80,7 @@ return {
   end,
   tick = function(ctx)
     if mode ~= "tick" then return end
-    local started = host.now()
+    local started, cpu = host.now(), thread_cpu()
     local scratch = ctx.scratch
     scratch:clear()
     scratch:add_many(ctx.work)
@@ -76,7 +88,7 @@ return {
     local m = {}
     for k = 1, 4 do m[k] = ctx.rng:uniform(-0.5, 0.5) end
     ctx.loreley.islands.main.archive:add(("%040x"):format(ctx.tick), 1 + ctx.tick, m)
-    host.info("work %.6f", host.now() - started)
+    host.info("work %.6f %.6f", host.now() - started, thread_cpu() - cpu)
     return 0.02
   end,
 }

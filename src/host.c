@@ -709,7 +709,7 @@ static int make_context(host *h)
 {
     lua_State *L = h->L;
     const host_options *o = h->options;
-    lua_createtable(L, 0, 8);
+    lua_createtable(L, 0, 9);
     lua_pushboolean(L, o->mode == HOST_MODE_ONCE);
     lua_setfield(L, -2, "once");
     push_args(L, o);
@@ -724,6 +724,8 @@ static int make_context(host *h)
     lua_setfield(L, -2, "tick");
     lua_pushnumber(L, 0);
     lua_setfield(L, -2, "reloads");
+    lua_pushnumber(L, 0);
+    lua_setfield(L, -2, "reload_failures");
     if (call_module_function(L, "loreley.context", "new", 1, 1) != 0) {
         log_error("cannot create the policy context: %s", lua_tostring(L, -1));
         lua_pop(L, 1);

@@ -351,6 +351,29 @@ t.case("limits and resume: the next ticks obey the new cap; a reload's version i
     NOT IN ($1, $2) OR payload->'loreley' IS NULL]], host.sha256(POLICY_TEXT):sub(1, 12), new_version), 0)
 end)
 
+t.case("Redis down: broker errors and dispatch failures show in /metrics", function()
+  local before = scrape()
+  t.eq(prom.value(before, "loreley_broker_errors_total"), 0)
+  stack.redis:kill()
+  local fams
+  local seen = t.wait_for(30, function()
+    fams = scrape()
+    return prom.value(fams, "loreley_broker_errors_total") > 0
+      and prom.value(fams, "loreley_dispatch_failures_total") > 0
+  end)
+  assert(stack.redis:start())
+  t.ok(seen, "no broker error counted while Redis was down:\n" .. (t.read(log) or ""):sub(-2000))
+  t.ok(prom.value(fams, "loreley_broker_errors_total")
+    >= prom.value(fams, "loreley_dispatch_failures_total"), "every failed dispatch is a broker error")
+  local s = get_json("/api/status")
+  t.ok(s.errors_total.broker > 0)
+  local logged = false
+  for _, e in ipairs(s.errors) do
+    if e.message:find("Failed to enqueue job", 1, true) then logged = true end
+  end
+  t.ok(logged, "the failed dispatch is not among the last errors of /api/status")
+end)
+
 t.case("the control log table holds every change, with the experiment and the source", function()
   sys.kill(pid, "TERM")
   t.eq(assert(sys.wait(pid, 30)).code, 0)

@@ -86,6 +86,21 @@ t.case("the parser refuses broken expositions (it can fail)", function()
   refused(hist .. 'h_seconds_bucket{le="+Inf"} 2\nh_seconds_count 2\n', "_sum is missing")
 end)
 
+t.case("db.error_count and broker.error_count count failed calls", function()
+  local db = require "loreley.db"
+  local broker = require "loreley.broker"
+  local closed = assert(sys.free_port())
+  local d0, b0 = db.error_count(), broker.error_count()
+  local conn, err = db.connect(("postgresql://u:p@127.0.0.1:%d/x"):format(closed),
+    { connect_timeout = 2 })
+  t.eq(conn, nil); t.ok(err)
+  t.eq(db.error_count(), d0 + 1)
+  local b, berr = broker.connect(("redis://127.0.0.1:%d/0"):format(closed))
+  t.eq(b, nil); t.ok(berr)
+  t.eq(broker.error_count(), b0 + 1)
+  t.eq(db.error_count(), d0 + 1, "the broker's failure counted as a database error")
+end)
+
 -- A policy that ticks every 0.1 s with one stage that fails every third tick.
 local dir = t.tmpdir()
 local policy = t.write(dir .. "/policy.lua", [[
