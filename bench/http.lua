@@ -32,6 +32,7 @@ local POLICY = SOURCE .. "/bench/http_policy.lua"
 local SECONDS = tonumber(os.getenv("BENCH_SECONDS") or "") or 60
 local PAGE_RUNS = tonumber(os.getenv("BENCH_PAGE_RUNS") or "") or 5
 local PART = os.getenv("BENCH_PART") or "all"
+local ONLY_LOADED = os.getenv("BENCH_ONLY_LOADED") == "1"   -- part 1: the loaded run only
 local PHASE = tonumber(os.getenv("BENCH_PHASE") or "") or 2
 
 local dir = assert(sys.mkdtemp("/tmp/loreley-bench-http-"))
@@ -189,12 +190,14 @@ local function ms(v) return ("%.3f ms"):format(v * 1000) end
 
 local function part_tick()
   print(("Part 1: tick work time, %d s per run in %d s phases"):format(SECONDS, PHASE))
-  local plain = run_tick(false, false)
-  local idle = run_tick(true, false)
+  local none = { on = {}, off = {}, cpu_on = {}, cpu_off = {}, others = 0 }
+  local plain = ONLY_LOADED and none or run_tick(false, false)
+  local idle = ONLY_LOADED and none or run_tick(true, false)
   local loaded = run_tick(true, true)
   local function row(name, list)
-    print(("  %-44s n=%4d  median %s  mean %s  p90 %s"):format(name, #list, ms(median(list)),
-      ms(mean(list)), ms(percentile(list, 0.9))))
+    if #list == 0 then return end   -- a run BENCH_ONLY_LOADED left out
+    print(("  %-44s n=%4d  median %s  mean %s  p10 %s  p90 %s"):format(name, #list,
+      ms(median(list)), ms(mean(list)), ms(percentile(list, 0.1)), ms(percentile(list, 0.9))))
   end
   local all_plain = {}
   for _, v in ipairs(plain.off) do all_plain[#all_plain + 1] = v end
@@ -205,15 +208,18 @@ local function part_tick()
   row("--http, no client", all_idle)
   row("--http, phases without load (same run)", loaded.off)
   row("--http, phases with 50 requests/s (same run)", loaded.on)
-  local diff = (median(loaded.on) - median(loaded.off)) / median(loaded.off) * 100
-  local diff_mean = (mean(loaded.on) - mean(loaded.off)) / mean(loaded.off) * 100
-  print(("  load vs no load in the same run: median %+.2f %%, mean %+.2f %%"):format(diff, diff_mean))
+  local function change(f, a, b) return (f(a) - f(b)) / f(b) * 100 end
+  local function p10(list) return percentile(list, 0.1) end
+  print(("  load vs no load in the same run: median %+.2f %%, mean %+.2f %%, p10 %+.2f %%")
+    :format(change(median, loaded.on, loaded.off), change(mean, loaded.on, loaded.off),
+      change(p10, loaded.on, loaded.off)))
   print("  CPU time of the tick's work (the main thread's own clock):")
   row("no --http", plain.cpu_off)
   row("--http, phases without load (same run)", loaded.cpu_off)
   row("--http, phases with 50 requests/s (same run)", loaded.cpu_on)
-  print(("  load vs no load in the same run: median %+.2f %%"):format(
-    (median(loaded.cpu_on) - median(loaded.cpu_off)) / median(loaded.cpu_off) * 100))
+  print(("  load vs no load in the same run: median %+.2f %%, mean %+.2f %%, p10 %+.2f %%")
+    :format(change(median, loaded.cpu_on, loaded.cpu_off), change(mean, loaded.cpu_on,
+      loaded.cpu_off), change(p10, loaded.cpu_on, loaded.cpu_off)))
   -- the loaded run has load in load_share of its time: the requests' own CPU per loaded
   -- second is the difference of the two runs' rates divided by that share
   print(("  CPU of the server threads: %.2f %% of a core with no client; %.2f %% over the "

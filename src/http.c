@@ -28,7 +28,9 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
+#include <sys/syscall.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -41,6 +43,7 @@
 #define MAX_CODES 32
 #define TAKEN_GRACE_SECONDS 60.0   /* a taken request unanswered this long: 504 */
 #define STOP_GRACE_SECONDS 2.0     /* http_stop waits this long for answers in flight */
+#define THREAD_NICE 10             /* connection threads yield to the tick loop */
 
 typedef struct document {
     char *path;
@@ -635,6 +638,18 @@ int http_reply(http_server *s, uint64_t id, int status, const char *body, size_t
 
 /* --- the request handler ---------------------------------------------------------------------- */
 
+/* Connection threads run at a lower priority than the tick loop (nice +THREAD_NICE, this
+ * thread only: Linux applies setpriority to a thread id), so when they compete for a
+ * core the scheduler's work goes first. Once per thread; failure only costs priority. */
+static void lower_thread_priority(void)
+{
+    static __thread int lowered;
+    if (lowered)
+        return;
+    lowered = 1;
+    setpriority(PRIO_PROCESS, (id_t)syscall(SYS_gettid), THREAD_NICE);
+}
+
 /* A loopback server answers only requests addressed to a loopback name (DNS rebinding). */
 static int host_header_allowed(http_server *s, struct MHD_Connection *c)
 {
@@ -721,6 +736,7 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
 {
     http_server *s = cls;
     control_call *call = *con_cls;
+    lower_thread_priority();
     if (call) {
         /* A control request's body, chunk by chunk, then an empty call at the end. */
         if (*upload_size > 0) {
