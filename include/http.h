@@ -113,8 +113,4 @@ void http_response_counts(http_server *s, void (*fn)(int code, uint64_t count, v
 int http_parse_listen(const char *listen, char *host, size_t hostsize, int *port, int *ipv6,
                       char *err, size_t errsize);
 
-/* Compares two NUL-terminated strings in time independent of where they differ and of
- * their lengths (both are hashed first). Returns 1 when equal. */
-int http_token_equal(const char *a, const char *b);
-
 #endif
