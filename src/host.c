@@ -602,11 +602,12 @@ static int monitor_start(host *h)
     lua_getfield(L, -1, "start");          /* stack: monitor start */
     lua_rawgeti(L, LUA_REGISTRYINDEX, h->ctx_ref);
     lua_pushstring(L, listen);
-    if (host_docall(L, 2, 3) != 0) {       /* stack: monitor ok|nil msg kind */
+    if (host_docall(L, 2, 3) != 0) {       /* stack: monitor error */
         log_error("cannot start the HTTP face: %s", lua_tostring(L, -1));
         lua_pop(L, 2);
         return HOST_EXIT_FAILURE;
     }
+    /* stack: monitor true|nil message kind */
     if (lua_isnil(L, -3)) {
         int invalid = lua_isstring(L, -1) && strcmp(lua_tostring(L, -1), "invalid") == 0;
         log_error("%s", lua_tostring(L, -2));
