@@ -32,8 +32,11 @@ end }
 ]]
 local policy = t.write(dir .. "/policy.lua", POLICY_TEXT)
 
+local hosts = {}   -- stopped at the end, even when a case failed half-way
+
 local function start_host(env, path)
   local pid, log = t.spawn_host({ "--http", "127.0.0.1:0", path or policy }, { env = env })
+  hosts[#hosts + 1] = pid
   local port
   t.wait_for(10, function()
     port = tonumber((t.read(log) or ""):match("status page on http://127%.0%.0%.1:(%d+)/"))
@@ -317,4 +320,7 @@ end }
   t.eq(assert(sys.wait(spid, 10)).code, 0)
 end)
 
+for _, p in ipairs(hosts) do
+  if sys.alive(p) then sys.kill(p, "KILL") sys.wait(p, 5) end
+end
 t.finish()

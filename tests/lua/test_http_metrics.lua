@@ -112,11 +112,14 @@ return { tick = function(ctx)
 end }
 ]])
 
+local hosts = {}   -- stopped at the end, even when a case failed half-way
+
 local function start_host(extra_env, args)
   local argv = { "--http", "127.0.0.1:0" }
   for _, a in ipairs(args or {}) do argv[#argv + 1] = a end
   argv[#argv + 1] = policy
   local pid, log = t.spawn_host(argv, { env = extra_env })
+  hosts[#hosts + 1] = pid
   local port
   t.wait_for(10, function()
     port = tonumber((t.read(log) or ""):match("status page on http://127%.0%.0%.1:(%d+)/"))
@@ -181,4 +184,7 @@ t.case("a running host's /metrics follows the format and counts ticks", function
   t.eq(assert(sys.wait(pid, 10)).code, 0)
 end)
 
+for _, pid in ipairs(hosts) do
+  if sys.alive(pid) then sys.kill(pid, "KILL") sys.wait(pid, 5) end
+end
 t.finish()

@@ -201,11 +201,15 @@ return {
 }
 ]])
 
+local hosts = {}   -- stopped at the end, even when a case failed half-way
+
 local function spawn(args, env)
   local argv = {}
   for _, a in ipairs(args) do argv[#argv + 1] = a end
   argv[#argv + 1] = POLICY
-  return t.spawn_host(argv, { env = env })
+  local pid, log = t.spawn_host(argv, { env = env })
+  hosts[#hosts + 1] = pid
+  return pid, log
 end
 
 local function port_of(log)
@@ -350,4 +354,7 @@ t.case("idle, slow and many concurrent clients do not stall the tick loop", func
     :format(during[math.ceil(#during / 2)], worst, answered))
 end)
 
+for _, pid in ipairs(hosts) do
+  if sys.alive(pid) then sys.kill(pid, "KILL") sys.wait(pid, 5) end
+end
 t.finish()
