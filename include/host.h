@@ -49,9 +49,16 @@ void host_request_stop(void);
 int host_take_reload_request(void);
 void host_request_reload(void);
 
+/* The HTTP face (loreley.http) asks the main thread to serve queued control requests.
+ * Safe to call from any thread: sets a flag and wakes host_sleep. */
+void host_request_service(void);
+/* Returns and clears a pending service request. */
+int host_take_service_request(void);
+
 /*
- * Sleeps up to `seconds`, waking at once when a stop is requested, or when a reload is
- * requested and wake_on_reload is set. Returns 1 if the full time elapsed, 0 if woken.
+ * Sleeps up to `seconds`, waking at once when a stop is requested, or when a reload or
+ * a service request is pending and wake_on_reload is set (the tick loop's sleep).
+ * Returns 1 if the full time elapsed, 0 if woken.
  */
 int host_sleep(double seconds, int wake_on_reload);
 

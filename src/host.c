@@ -34,6 +34,7 @@
 
 static volatile sig_atomic_t stop_flag;
 static volatile sig_atomic_t reload_flag;
+static int service_flag;   /* set from HTTP threads: __atomic builtins only */
 static int wake_pipe[2] = {-1, -1};
 
 static void wake(void)
@@ -103,6 +104,17 @@ void host_request_reload(void)
     wake();
 }
 
+void host_request_service(void)
+{
+    __atomic_store_n(&service_flag, 1, __ATOMIC_SEQ_CST);
+    wake();
+}
+
+int host_take_service_request(void)
+{
+    return __atomic_exchange_n(&service_flag, 0, __ATOMIC_SEQ_CST);
+}
+
 double host_now(void)
 {
     struct timespec ts;
@@ -128,7 +140,8 @@ int host_sleep(double seconds, int wake_on_reload)
 {
     double deadline = host_now() + (seconds > 0 ? seconds : 0);
     for (;;) {
-        if (stop_flag || (wake_on_reload && reload_flag))
+        if (stop_flag ||
+            (wake_on_reload && (reload_flag || __atomic_load_n(&service_flag, __ATOMIC_SEQ_CST))))
             return 0;
         double left = deadline - host_now();
         if (left <= 0)
@@ -422,6 +435,8 @@ typedef struct host {
     int settings_ref;
     long tick_count;
     long reload_count;
+    long reload_failures;
+    int monitor_ref;   /* loreley.monitor when the HTTP face runs, else LUA_NOREF */
 } host;
 
 /* Runs the optional hook (init or shutdown) with ctx. Returns 0 or -1 (logged). */
@@ -469,19 +484,19 @@ static void reload_policy(host *h)
     if (!ok) {
         log_error("policy reload failed; keeping the running policy (version %s)",
                   h->policy.version);
-        return;
+        goto failed;
     }
     if (!lua_istable(L, -1)) {
         log_error("%s: a policy must return a table with a tick function, got %s; "
                   "keeping the running policy", path, luaL_typename(L, -1));
         lua_pop(L, 1);
-        return;
+        goto failed;
     }
     policy fresh;
     if (take_policy_table(L, path, &fresh) != 0) {
         log_error("policy reload failed; keeping the running policy (version %s)",
                   h->policy.version);
-        return;
+        goto failed;
     }
     memcpy(fresh.version, version, sizeof version);
     release_policy(L, &h->policy);
@@ -490,6 +505,10 @@ static void reload_policy(host *h)
     set_ctx_field_string(h, "policy_version", fresh.version);
     set_ctx_field_number(h, "reloads", (double)h->reload_count);
     log_info("policy reloaded: %s (version %s)", path, fresh.version);
+    return;
+failed:
+    h->reload_failures++;
+    set_ctx_field_number(h, "reload_failures", (double)h->reload_failures);
 }
 
 /*
@@ -544,13 +563,113 @@ static double poll_interval(host *h)
     return interval < 1.0 ? 1.0 : interval;   /* the contract's floor */
 }
 
+/* --- the HTTP face (loreley.monitor; docs/http.md) ---------------------------------------
+ * Off unless --http or LORELEY_HTTP_LISTEN names an address, and only in daemon mode.
+ * The server's threads never touch Lua: the loop hands events to loreley.monitor, which
+ * publishes a snapshot after each tick and answers queued control requests between
+ * ticks (a request wakes the sleep through host_request_service). */
+
+/*
+ * Starts the server when an address is configured. Returns HOST_EXIT_OK (started, or
+ * nothing to start), HOST_EXIT_USAGE for an invalid address, HOST_EXIT_FAILURE when the
+ * system refuses it (the port is in use): the message is logged.
+ */
+static int monitor_start(host *h)
+{
+    lua_State *L = h->L;
+    const char *listen = h->options->http_listen;
+    if (!listen) {
+        /* The string stays alive: the settings table in the registry holds it. */
+        lua_rawgeti(L, LUA_REGISTRYINDEX, h->settings_ref);
+        lua_getfield(L, -1, "loreley_http_listen");
+        listen = lua_type(L, -1) == LUA_TSTRING ? lua_tostring(L, -1) : NULL;
+        lua_pop(L, 2);
+    }
+    if (!listen || !*listen)
+        return HOST_EXIT_OK;
+#ifndef LORELEY_HTTP
+    log_error("cannot serve HTTP on %s: this loreley-host was built without HTTP support "
+              "(configure with -DLORELEY_HTTP=ON)", listen);
+    return HOST_EXIT_USAGE;
+#else
+    lua_getglobal(L, "require");
+    lua_pushliteral(L, "loreley.monitor");
+    if (host_docall(L, 1, 1) != 0) {
+        log_error("cannot load the HTTP face: %s", lua_tostring(L, -1));
+        lua_pop(L, 1);
+        return HOST_EXIT_FAILURE;
+    }
+    lua_getfield(L, -1, "start");          /* stack: monitor start */
+    lua_rawgeti(L, LUA_REGISTRYINDEX, h->ctx_ref);
+    lua_pushstring(L, listen);
+    if (host_docall(L, 2, 3) != 0) {       /* stack: monitor error */
+        log_error("cannot start the HTTP face: %s", lua_tostring(L, -1));
+        lua_pop(L, 2);
+        return HOST_EXIT_FAILURE;
+    }
+    /* stack: monitor true|nil message kind */
+    if (lua_isnil(L, -3)) {
+        int invalid = lua_isstring(L, -1) && strcmp(lua_tostring(L, -1), "invalid") == 0;
+        log_error("%s", lua_tostring(L, -2));
+        lua_pop(L, 4);
+        return invalid ? HOST_EXIT_USAGE : HOST_EXIT_FAILURE;
+    }
+    lua_pop(L, 3);
+    h->monitor_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+    return HOST_EXIT_OK;
+#endif
+}
+
+/* Calls monitor.<fn>(ctx, event, ok, wait) when the HTTP face runs; a failure is
+ * logged. wait: seconds until the next tick (after "tick"), else 0. */
+static void monitor_call(host *h, const char *fn, const char *event, int ok, double wait)
+{
+    if (h->monitor_ref == LUA_NOREF)
+        return;
+    lua_State *L = h->L;
+    lua_rawgeti(L, LUA_REGISTRYINDEX, h->monitor_ref);
+    lua_getfield(L, -1, fn);
+    lua_remove(L, -2);
+    lua_rawgeti(L, LUA_REGISTRYINDEX, h->ctx_ref);
+    lua_pushstring(L, event);
+    lua_pushboolean(L, ok);
+    lua_pushnumber(L, wait);
+    if (host_docall(L, 4, 0) != 0) {
+        log_error("HTTP face: %s(%s) failed: %s", fn, event, lua_tostring(L, -1));
+        lua_pop(L, 1);
+    }
+}
+
+/* Events: "init", "reload", "request"; ticks go through monitor_tick. */
+static void monitor_event(host *h, const char *event, int ok)
+{
+    monitor_call(h, "service", event, ok, 0);
+}
+
+/* After a tick: ok = it did not raise; wait = seconds until the next one. */
+static void monitor_tick(host *h, int ok, double wait)
+{
+    monitor_call(h, "service", "tick", ok, wait);
+}
+
+static void monitor_stop(host *h)
+{
+    monitor_call(h, "stop", "stop", 1, 0);
+    if (h->monitor_ref != LUA_NOREF) {
+        luaL_unref(h->L, LUA_REGISTRYINDEX, h->monitor_ref);
+        h->monitor_ref = LUA_NOREF;
+    }
+}
+
 static int run_loop(host *h)
 {
     int once = h->options->mode == HOST_MODE_ONCE;
     int rc = HOST_EXIT_OK;
     while (!host_stop_requested()) {
-        if (host_take_reload_request())
+        if (host_take_reload_request()) {
             reload_policy(h);
+            monitor_event(h, "reload", 1);
+        }
         double delay;
         int stop;
         double started = host_now();
@@ -562,18 +681,23 @@ static int run_loop(host *h)
         if (!once && elapsed > interval)
             log_warning("slow tick %ld: %.3f s, longer than the poll interval of %.3f s",
                         h->tick_count, elapsed, interval);
+        double wait = once || stop ? 0 : delay >= 0 ? delay : interval - elapsed;
+        double deadline = host_now() + (wait > 0 ? wait : 0);
+        monitor_tick(h, !failed, wait);   /* its time comes out of the sleep */
         if (once || stop)
             break;
-        double wait = delay >= 0 ? delay : interval - elapsed;
-        double deadline = host_now() + (wait > 0 ? wait : 0);
         for (;;) {
             double left = deadline - host_now();
             if (host_sleep(left, 1))
                 break;
             if (host_stop_requested())
                 break;
-            if (host_take_reload_request())
+            if (host_take_reload_request()) {
                 reload_policy(h);
+                monitor_event(h, "reload", 1);
+            }
+            if (host_take_service_request())
+                monitor_event(h, "request", 1);
         }
     }
     if (host_stop_requested())
@@ -586,7 +710,7 @@ static int make_context(host *h)
 {
     lua_State *L = h->L;
     const host_options *o = h->options;
-    lua_createtable(L, 0, 8);
+    lua_createtable(L, 0, 9);
     lua_pushboolean(L, o->mode == HOST_MODE_ONCE);
     lua_setfield(L, -2, "once");
     push_args(L, o);
@@ -601,6 +725,8 @@ static int make_context(host *h)
     lua_setfield(L, -2, "tick");
     lua_pushnumber(L, 0);
     lua_setfield(L, -2, "reloads");
+    lua_pushnumber(L, 0);
+    lua_setfield(L, -2, "reload_failures");
     if (call_module_function(L, "loreley.context", "new", 1, 1) != 0) {
         log_error("cannot create the policy context: %s", lua_tostring(L, -1));
         lua_pop(L, 1);
@@ -712,9 +838,18 @@ static int host_run(host *h)
     if (make_context(h) != 0)
         return HOST_EXIT_FAILURE;
     log_debug("policy %s loaded (version %s)", o->policy_path, h->policy.version);
-    if (run_hook(h, h->policy.init_ref, "init") != 0)
+    if (o->mode == HOST_MODE_DAEMON) {
+        int started = monitor_start(h);
+        if (started != HOST_EXIT_OK)
+            return started;
+    }
+    if (run_hook(h, h->policy.init_ref, "init") != 0) {
+        monitor_stop(h);
         return HOST_EXIT_FAILURE;
+    }
+    monitor_event(h, "init", 1);
     int rc = run_loop(h);
+    monitor_stop(h);
     if (run_hook(h, h->policy.shutdown_ref, "shutdown") != 0)
         rc = HOST_EXIT_FAILURE;
     return rc;
@@ -726,7 +861,7 @@ int host_main(const host_options *options)
     memset(&h, 0, sizeof h);
     h.options = options;
     h.policy.tick_ref = h.policy.init_ref = h.policy.shutdown_ref = LUA_NOREF;
-    h.ctx_ref = h.settings_ref = LUA_NOREF;
+    h.ctx_ref = h.settings_ref = h.monitor_ref = LUA_NOREF;
     host_install_signals();
     /* Daemons started by the host (local servers) are reparented to it when their
      * launcher exits, so their exits can be reaped (loreley.sys) even under a pid 1

@@ -33,6 +33,7 @@
 
 #include "archive.h"
 #include "host.h"
+#include "larchive.h"
 #include "lmod.h"
 #include "rng.h"
 
@@ -50,6 +51,11 @@ static archive_t *check_archive(lua_State *L, int idx)
     if (!box->archive)
         luaL_error(L, "archive is closed");
     return box->archive;
+}
+
+archive_t *larchive_check(lua_State *L, int idx)
+{
+    return check_archive(L, idx);
 }
 
 /* Wraps a freshly created archive in a new userdata (pushed). Frees it on failure. */

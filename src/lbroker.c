@@ -33,6 +33,8 @@
  *   broker.build_message(fields) -> json | nil, msg
  *   broker.validate_message(json[, queue[, redis_id]]) -> info | nil, msg
  *   broker.parse_url(url) -> table | nil, msg     broker.dedupe_id(queue, key) -> uuid
+ *   broker.error_count() -> failures talking to Redis so far in this process (calls that
+ *       returned nil, msg, code, and enqueue_many items that "failed"; the metrics endpoint)
  */
 #include <errno.h>
 #include <math.h>
@@ -234,9 +236,13 @@ static void set_failure(broker *b, const char *code, const char *fmt, ...)
     b->fail_code = code;
 }
 
+/* Failures talking to Redis (broker.error_count). Only the main thread runs Lua. */
+static double failure_count;
+
 /* Returns nil, message, code for the failure recorded in b. */
 static int push_failure(lua_State *L, broker *b)
 {
+    failure_count++;
     return lmod_fail_code(L, b->fail_code, "%s", b->fail_msg);
 }
 
@@ -1631,6 +1637,8 @@ static int broker_enqueue_many(lua_State *L)
         lua_pushvalue(L, F_STATUS);
         lua_pushvalue(L, S_FIRST + it->state);
         lua_rawset(L, -3);
+        if (it->state == ITEM_FAILED)
+            failure_count++;
         if (it->state == ITEM_INVALID || it->state == ITEM_FAILED) {
             lua_pushvalue(L, F_ERROR);
             lua_pushstring(L, s->text.data + it->err_off);
@@ -1657,6 +1665,7 @@ static int broker_enqueue_many(lua_State *L)
     return 2;
 
 lost:
+    failure_count++;
     return lmod_fail_code(L, b->fail_code,
                           "%s (the batch may be partly written: send it again with dedupe "
                           "to be safe)", b->fail_msg);
@@ -2552,6 +2561,12 @@ static const luaL_Reg scratch_meta[] = {
     {NULL, NULL},
 };
 
+static int broker_error_count(lua_State *L)
+{
+    lua_pushnumber(L, failure_count);
+    return 1;
+}
+
 static const luaL_Reg broker_functions[] = {
     {"connect", broker_connect},
     {"from_settings", broker_from_settings},
@@ -2559,6 +2574,7 @@ static const luaL_Reg broker_functions[] = {
     {"validate_message", broker_validate_message},
     {"parse_url", broker_parse_url},
     {"dedupe_id", broker_dedupe_id},
+    {"error_count", broker_error_count},
     {NULL, NULL},
 };
 

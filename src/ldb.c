@@ -19,6 +19,8 @@
  *   db.float_list_repr(list) -> "[1.0,2.5]" (finite numbers, as Python writes floats)
  *   db.iso(epoch) -> "2025-11-29T10:41:48.123456+00:00" (Python isoformat, UTC)
  *   db.lock_key(text) -> decimal int64 text (first 8 bytes of SHA-256, big-endian)
+ *   db.error_count() -> failed calls so far in this process (each nil, msg, sqlstate
+ *                       returned by connect, query, exec, script, tx; the metrics endpoint)
  *
  *   conn:query(sql, ...) -> rows | nil, msg, sqlstate     ($1..$n parameters)
  *   conn:exec(sql, ...)  -> affected row count | nil, msg, sqlstate
@@ -68,6 +70,12 @@
 #define STMT_CACHE_MAX 256
 #define JSON_MAX_DEPTH 64
 #define SQLSTATE_CONNECTION_FAILURE "08006"
+
+/* Failures returned to Lua (db.error_count). Only the main thread runs Lua. */
+static double failure_count;
+
+/* lmod_fail_code that also counts the failure. */
+#define FAIL_CODE(...) (failure_count++, lmod_fail_code(__VA_ARGS__))
 
 /* Type OIDs of the built-in types (pg_type.dat); fixed across PostgreSQL versions. */
 enum {
@@ -732,11 +740,11 @@ static int ensure_session(lua_State *L, conn *c)
     if (c->pg && !c->broken)
         return 0;
     if (c->tx_depth > 0 && c->tx_lost)
-        return lmod_fail_code(L, SQLSTATE_CONNECTION_FAILURE,
-                              "database connection to %s lost inside a transaction", c->label);
+        return FAIL_CODE(L, SQLSTATE_CONNECTION_FAILURE,
+                         "database connection to %s lost inside a transaction", c->label);
     double now = host_now();
     if (now < c->next_attempt)
-        return lmod_fail_code(L, SQLSTATE_CONNECTION_FAILURE,
+        return FAIL_CODE(L, SQLSTATE_CONNECTION_FAILURE,
                               "database connection to %s is down; next reconnect attempt in "
                               "%.1f s", c->label, c->next_attempt - now);
     if (c->pg) {
@@ -745,6 +753,7 @@ static int ensure_session(lua_State *L, conn *c)
     }
     clear_statements(c);
     if (open_session(L, c) != 0) {
+        failure_count++;
         c->backoff = c->backoff > 0 ? fmin(c->backoff * 2, BACKOFF_MAX) : BACKOFF_FIRST;
         c->next_attempt = now + c->backoff;
         lua_pushnil(L);
@@ -770,6 +779,7 @@ static int ensure_session(lua_State *L, conn *c)
  */
 static int push_result_error(lua_State *L, conn *c, PGresult *r)
 {
+    failure_count++;
     const char *state = r ? PQresultErrorField(r, PG_DIAG_SQLSTATE) : NULL;
     const char *msg = r ? PQresultErrorMessage(r) : NULL;
     if (!msg || !*msg)
@@ -1150,7 +1160,7 @@ static int end_transaction(lua_State *L, conn *c, int commit)
         if (c->tx_depth == 0)
             c->tx_lost = 0;
         if (commit)
-            return lmod_fail_code(L, SQLSTATE_CONNECTION_FAILURE,
+            return FAIL_CODE(L, SQLSTATE_CONNECTION_FAILURE,
                                   "database connection to %s lost inside a transaction",
                                   c->label);
         return 0;
@@ -1167,7 +1177,7 @@ static int end_transaction(lua_State *L, conn *c, int commit)
     /* COMMIT of a failed transaction answers ROLLBACK without an error. */
     if (ok && commit && depth == 1 && strcmp(PQcmdStatus(r), "ROLLBACK") == 0) {
         PQclear(r);
-        return lmod_fail_code(L, "25P02", "transaction was aborted by an earlier error; "
+        return FAIL_CODE(L, "25P02", "transaction was aborted by an earlier error; "
                                           "rolled back");
     }
     int nret = 0;
@@ -1740,6 +1750,7 @@ static int db_connect(lua_State *L)
              host ? host : "(local socket)", port ? port : "5432",
              dbname ? dbname : (user ? user : "(default)"));
     if (open_session(L, c) != 0) {
+        failure_count++;
         conn_release(c);
         lua_pushnil(L);
         lua_insert(L, -2);
@@ -1876,13 +1887,21 @@ static const luaL_Reg buffer_meta[] = {{"__gc", buffer_gc}, {NULL, NULL}};
 static const luaL_Reg result_meta[] = {{"__gc", result_gc}, {NULL, NULL}};
 static const luaL_Reg no_methods[] = {{NULL, NULL}};
 
+/* db.error_count() -> failed calls so far (see the header) */
+static int db_error_count(lua_State *L)
+{
+    lua_pushnumber(L, failure_count);
+    return 1;
+}
+
 static const luaL_Reg db_functions[] = {
     {"connect", db_connect},         {"settings_url", db_settings_url},
     {"parse_url", db_parse_url},     {"json_encode", db_json_encode},
     {"json_array", ljson_array},   {"float_repr", db_float_repr},
     {"float_list_repr", db_float_list_repr},
     {"iso", db_iso},                 {"parse_time", db_parse_time},
-    {"lock_key", db_lock_key},       {NULL, NULL},
+    {"lock_key", db_lock_key},       {"error_count", db_error_count},
+    {NULL, NULL},
 };
 
 LMOD_OPEN(db)

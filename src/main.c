@@ -26,6 +26,9 @@ static const char usage_text[] =
     "  --init-db          apply the database migrations and exit\n"
     "  --simulate         run policies in the policy lab (see --simulate --help)\n"
     "  --log-level LEVEL  DEBUG, INFO, WARNING or ERROR (default: LOG_LEVEL or INFO)\n"
+    "  --http ADDR:PORT   serve metrics, the status page and the control plane there\n"
+    "                     (daemon mode; default: LORELEY_HTTP_LISTEN, or no server);\n"
+    "                     ADDR defaults to 127.0.0.1, port 0 picks a free port\n"
     "  --version          print the version and exit\n"
     "  --help             print this help and exit\n"
     "\n"
@@ -105,6 +108,11 @@ int main(int argc, char **argv)
                                    value);
             log_set_level(level);
             o.log_level = value;
+        } else if (strcmp(a, "--http") == 0 || strncmp(a, "--http=", 7) == 0) {
+            const char *value = a[6] == '=' ? a + 7 : (i + 1 < argc ? argv[++i] : NULL);
+            if (!value || !*value)
+                return usage_error("%s needs an address, e.g. --http 127.0.0.1:9464", a);
+            o.http_listen = value;
         } else {
             return usage_error("unknown option '%s'", a);
         }

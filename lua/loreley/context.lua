@@ -10,8 +10,13 @@
 --   ctx.policy_path, ctx.policy_version (12 hex digits of the file's SHA-256)
 --   ctx.reloads         how many reloads succeeded
 --   ctx.tick_started, ctx.last_tick_seconds
--- and ctx.stats collects per-stage counters for the metrics endpoint.
+--   ctx.reload_failures how many reloads failed (the running policy was kept)
+-- and ctx.stats collects per-stage counters for the metrics endpoint: ctx.stats.stages[name]
+-- = {runs, failures, seconds, last_seconds, last_error, histogram (loreley.metrics)}.
+-- When the HTTP face runs (docs/http.md), ctx.monitor holds its state and ctx.paused is
+-- true while scheduling is paused (loreley.stages' schedule and dispatch honour it).
 local host = require "loreley.host"
+local metrics = require "loreley.metrics"
 
 local M = {}
 local Context = {}
@@ -27,7 +32,8 @@ end
 local function stage_stats(ctx, name)
   local s = ctx.stats.stages[name]
   if not s then
-    s = { runs = 0, failures = 0, seconds = 0, last_seconds = 0, last_error = nil }
+    s = { runs = 0, failures = 0, seconds = 0, last_seconds = 0, last_error = nil,
+          histogram = metrics.histogram() }
     ctx.stats.stages[name] = s
   end
   return s
@@ -54,6 +60,7 @@ function Context:stage(name, fn, ...)
   stats.runs = stats.runs + 1
   stats.seconds = stats.seconds + elapsed
   stats.last_seconds = elapsed
+  metrics.observe(stats.histogram, elapsed)
   if results[1] then
     return unpack(results, 2, table.maxn(results))
   end

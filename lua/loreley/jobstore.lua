@@ -7,9 +7,11 @@
 -- Jobs (evolution_jobs, contract §1.4/§1.5):
 --   store:count_unfinished([at_most]) -> n             PENDING + QUEUED + RUNNING
 --   store:count_jobs([at_most]) -> n                   every job of the experiment
+--   store:count_by_status([statuses]) -> {PENDING = n, ...}   (the metrics endpoint)
 --   store:claim_pending(limit) -> jobs                 PENDING -> QUEUED, committed
 --   store:mark_queued(ids) -> jobs                     the same for given ids
---   store:create_job(spec) -> job                      PENDING, payload part A
+--   store:create_job(spec) -> job                      PENDING, payload part A (plus
+--                                                      "loreley": {policy_version} when given)
 --   store:create_seed_job(spec) -> job                 PENDING, payload {} (§6.7)
 --   store:insert_commit(spec) -> inserted (bool)       the commits row a bootstrap needs
 --   store:job(id) -> row | false
@@ -198,6 +200,10 @@ local function part_a(spec)
     if type(spec.extra_context) ~= "table" then fail("spec.extra_context must be a table") end
     payload.extra_context = json.raw(db.json_encode(spec.extra_context))
   end
+  -- The host's own key (workers ignore unknown keys): the policy that scheduled the job.
+  if spec.policy_version ~= nil then
+    payload.loreley = { policy_version = check_string(spec.policy_version, "spec.policy_version") }
+  end
   return json.encode(payload, { floats = "python", int_keys = PART_A_INT_KEYS })
 end
 M.part_a = part_a
@@ -243,6 +249,43 @@ function Store:count_jobs(at_most)
   end
   if not rows then return nil, err, code end
   return rows[1].n
+end
+
+local SQL_COUNT_BY_STATUS = [[
+SELECT status::text AS status, count(*) AS n FROM evolution_jobs
+WHERE experiment_id = $1 AND status::text = ANY($2::text[])
+GROUP BY status]]
+local SQL_COUNT_UNFINISHED_BY_STATUS = [[
+SELECT status::text AS status, count(*) AS n FROM evolution_jobs
+WHERE experiment_id = $1 AND status IN ('PENDING', 'QUEUED', 'RUNNING')
+GROUP BY status]]
+
+M.STATUSES = { "PENDING", "QUEUED", "RUNNING", "SUCCEEDED", "FAILED", "CANCELLED" }
+local KNOWN_STATUS = {}
+for _, st in ipairs(M.STATUSES) do KNOWN_STATUS[st] = true end
+
+-- Jobs of the experiment per status: {PENDING = n, ...} with every asked status present
+-- (0 when none). statuses defaults to the three unfinished ones, which the partial index
+-- ix_loreley_jobs_unfinished answers; finished statuses cost a scan of the experiment's
+-- jobs, so ask for them sparingly.
+function Store:count_by_status(statuses)
+  local rows, err, code
+  if statuses == nil then
+    statuses = { "PENDING", "QUEUED", "RUNNING" }
+    rows, err, code = self.conn:query(SQL_COUNT_UNFINISHED_BY_STATUS, self.experiment_id)
+  else
+    if type(statuses) ~= "table" then fail("statuses must be an array of job statuses") end
+    for i, st in ipairs(statuses) do
+      if not KNOWN_STATUS[st] then fail("statuses[%d]: unknown job status %s", i, tostring(st)) end
+    end
+    rows, err, code = self.conn:query(SQL_COUNT_BY_STATUS, self.experiment_id,
+      db.json_array(statuses))
+  end
+  if not rows then return nil, err, code end
+  local out = {}
+  for _, st in ipairs(statuses) do out[st] = 0 end
+  for _, r in ipairs(rows) do out[r.status] = r.n end
+  return out
 end
 
 local function sort_dispatch_order(jobs)
@@ -342,7 +385,8 @@ end
 --            sampling = {requested_inspirations, initial_radius, max_radius?, radius_used,
 --                        fallback_inspirations},
 --            grid = {shape = {ints}, lower = {floats}, upper = {floats}},
---            priority = 0, include_metadata = true, extra_context = nil }
+--            priority = 0, include_metadata = true, extra_context = nil,
+--            policy_version = nil (written as payload.loreley.policy_version) }
 -- The base commit must have a commits row (foreign key); a missing one is a database
 -- error (23503), returned.
 function Store:create_job(spec)

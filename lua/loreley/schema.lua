@@ -27,6 +27,7 @@ M.MIGRATIONS = {
   { version = 3, name = "003_host_tables.sql" },
   { version = 4, name = "004_dispatch_without_fk.sql" },
   { version = 5, name = "005_recovery_indexes.sql" },
+  { version = 6, name = "006_control_log.sql" },
 }
 M.LATEST = M.MIGRATIONS[#M.MIGRATIONS].version
 M.LOCK_KEY = db.lock_key("loreley-host:schema-migrations")

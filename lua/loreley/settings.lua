@@ -200,6 +200,14 @@ local SPEC = {
   { "LORELEY_RESCHEDULE_OVERDUE", "loreley_reschedule_overdue", "bool", false },
   -- descriptor: whiten the PCA scores (unit variance per component)
   { "LORELEY_DIMENSION_REDUCTION_WHITEN", "loreley_dimension_reduction_whiten", "bool", false },
+  -- the HTTP face (docs/http.md): metrics, status page, control plane; off when unset
+  { "LORELEY_HTTP_LISTEN", "loreley_http_listen", "str?", nil,
+    pattern = "^[%w%.:%[%]]+$", pattern_help = "PORT or ADDR:PORT, e.g. 127.0.0.1:9464" },
+  { "LORELEY_HTTP_TOKEN", "loreley_http_token", "str?", nil, secret = true },
+  { "LORELEY_HTTP_CONTROL_TIMEOUT_SECONDS", "loreley_http_control_timeout_seconds", "float", 10.0,
+    min = 0.1, max = 3600, finite = true },
+  { "LORELEY_HTTP_HEATMAP_DIMS", "loreley_http_heatmap_dims", "str", "1,2",
+    pattern = "^%s*%d+%s*,%s*%d+%s*$", pattern_help = "two measure dimensions, e.g. 1,2" },
 }
 
 M.SPEC = SPEC

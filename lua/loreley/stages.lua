@@ -15,8 +15,10 @@
 --   stages.shutdown(ctx)
 --   stages.tick(ctx)             the reference's tick: all of the above, then the summary
 --
--- Everything the stages keep lives in ctx.loreley (connections, islands, sampler), so it
--- survives a policy reload. Lower-level pieces a policy can reuse:
+-- Everything the stages keep lives in ctx.loreley (connections, islands, sampler, and the
+-- counters of the metrics endpoint in ctx.loreley.counters), so it survives a policy
+-- reload. While ctx.paused is true (the HTTP control plane), dispatch and schedule do
+-- nothing; ingestion and recovery go on. Lower-level pieces a policy can reuse:
 --   stages.island(ctx, island_id) -> island {id, archive, reducer, lower, upper, shape}
 --   stages.ingest_commit(ctx, island_id, commit_hash, metrics, metadata) -> outcome
 --   stages.resolve_fitness(metrics, settings) -> fitness | nil
@@ -47,6 +49,12 @@ local function state(ctx)
   local s = ctx.loreley
   if not s then error("loreley.stages: stages.init(ctx) has not run", 3) end
   return s
+end
+
+-- Counters for the metrics endpoint (loreley.monitor): s.counters[key] += n.
+local function count(s, key, n)
+  local c = s.counters
+  c[key] = (c[key] or 0) + (n or 1)
 end
 
 -- --- islands ---------------------------------------------------------------------------
@@ -241,7 +249,8 @@ end
 function M.init(ctx)
   local settings = ctx.settings
   local seams = ctx.seams or {}
-  local s = { islands = {}, default_island = settings.mapelites_default_island_id, seams = seams }
+  local s = { islands = {}, default_island = settings.mapelites_default_island_id, seams = seams,
+    counters = {} }
   if s.default_island == "" then s.default_island = "default" end
   ctx.loreley = s
   local remotes = {}
@@ -501,6 +510,7 @@ local function state_of(outcome)
 end
 
 local function record_failure(s, job, reason)
+  count(s, "ingestion_failures")
   host.warn("MAP-Elites ingest failed job=%s reason=%s", job.id, reason)
   local ok, err = s.store:record_ingestion(job.id, { status = "failed", reason = reason })
   if not ok then host.error("cannot record the failed ingestion of job %s: %s", job.id, tostring(err)) end
@@ -541,11 +551,14 @@ function M.ingest(ctx)
           record_failure(s, job, tostring(outcome))
         else
           log_outcome(job, outcome)
+          count(s, outcome.failed and "ingestion_failures"
+            or ("ingestion_status_" .. (outcome.status_code or 0)))
           if outcome.record then ingested = ingested + 1 end
         end
       end
     end
   end
+  count(s, "ingested", ingested)
   return ingested
 end
 
@@ -570,17 +583,20 @@ function M.send(ctx, jobs)
       host.debug("Queued job id=%s (%s)", job.id, r.status)
     else
       local reason = r and r.error or err or "unknown error"
+      count(s, "dispatch_failures")
       host.warn("Failed to enqueue job id=%s reason=%s", job.id, tostring(reason))
       s.store:record_dispatch_failure(job.id, tostring(reason))
     end
   end
   check("record dispatch", s.store:record_dispatches(records))
+  count(s, "dispatched", sent)
   if sent > 0 then host.debug("Dispatched %d job(s) to Dramatiq", sent) end
   return sent
 end
 
 function M.dispatch(ctx)
   local s = state(ctx)
+  if ctx.paused then return 0 end
   local batch = math.max(0, ctx.settings.scheduler_dispatch_batch_size)
   if batch == 0 then return 0 end
   local jobs = check("claim pending jobs", s.store:claim_pending(batch))
@@ -688,6 +704,7 @@ function M.create_job(ctx, island, pick)
     grid = { shape = island.shape, lower = island.lower, upper = island.upper },
     priority = settings.mapelites_sampler_default_priority,
     include_metadata = settings.mapelites_sampler_include_metadata,
+    policy_version = ctx.policy_version,
   })
 end
 
@@ -706,6 +723,7 @@ function M.schedule(ctx, unfinished, opts)
   local s = state(ctx)
   local settings = ctx.settings
   opts = opts or {}
+  if ctx.paused then return 0 end
   local max_jobs = math.max(0, settings.scheduler_max_unfinished_jobs)
   if max_jobs == 0 then return 0 end
   local capacity = max_jobs - (unfinished or 0)
@@ -732,6 +750,7 @@ function M.schedule(ctx, unfinished, opts)
       pick.base.commit_hash:sub(1, 12))
   end
   if #created == 0 then return 0 end
+  count(s, "scheduled", #created)
   local queued = check("mark queued", s.store:mark_queued(created))
   M.send(ctx, queued)
   return #created
