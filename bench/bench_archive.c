@@ -6,6 +6,7 @@
  *
  *   build/bench_archive             all figures
  *   build/bench_archive 1000000     only the occupancy table, for the sizes given
+ *   build/bench_archive persist     only the fill, save and load of 10^6 elites
  *   build/bench_archive rss         only the resident memory of 10^6 elites (fresh process)
  *
  * Two ways of timing one operation, both reported:
@@ -141,9 +142,28 @@ static void prepare_occupied(fixture *f, rng_t *g, batch *b)
         fill_entry(b, i, f->occupied[rng_below(g, f->count)], g);
 }
 
-/* A round of entries into distinct empty cells, which count as occupied from now on. */
-static void prepare_new(fixture *f, rng_t *g, batch *b)
+/*
+ * A round of entries into distinct empty cells, which count as occupied from now on.
+ * Up to 10^5 elites the archive first goes back to its n elites (cleared and refilled
+ * with new entries), so every round adds into an archive of n elites; at 10^6 the
+ * rounds add 3% to the occupancy instead (a refill takes a second).
+ */
+static void prepare_new(fixture *f, size_t n, rng_t *g, batch *b)
 {
+    if (n <= 100000 && f->count > n) {
+        archive_clear(f->a);
+        for (size_t i = n; i < f->count; i++)
+            f->taken[f->occupied[i]] = 0;
+        f->count = 0;
+        archive_error err;
+        while (f->count < n) {
+            size_t k = n - f->count < ROUND ? n - f->count : ROUND;
+            for (size_t i = 0; i < k; i++)
+                fill_entry(b, i, f->occupied[f->count + i], g);
+            archive_add_many(f->a, b->e, k, b->r, &err);
+            f->count += k;
+        }
+    }
     for (size_t i = 0; i < ROUND; i++) {
         uint64_t cell;
         do
@@ -191,7 +211,7 @@ static double time_add_many(archive_t *a, batch *b)
 typedef struct figures {
     double add_occupied, add_new, batch_occupied, batch_new;
     double add_occupied_isolated, add_new_isolated;
-    double draw, sample_read, sample_read_isolated;
+    double draw, sample_read, sample_read_isolated, sample_many_read;
     double neighbours;
     size_t found;
 } figures;
@@ -250,8 +270,8 @@ static void bench_occupancy(size_t n, rng_t *g, batch *b, figures *out)
         double t0 = now_ns(), chain = 0.0;
         for (size_t i = 0; i < ROUND; i++) {
             size_t pos;
-            archive_sample(a, g, 1, 1, &pos);
-            pos += (size_t)(0.0 * chain);   /* wait for the previous elite */
+            rng_t *wait = g + (size_t)(0.0 * chain);   /* the draw waits for the last elite */
+            archive_sample(a, wait, 1, 1, &pos);
             archive_elite_at(a, pos, &e);
             chain = e.objective + e.measures[3] + e.commit_hash[39];
             sink += chain;
@@ -259,6 +279,19 @@ static void bench_occupancy(size_t n, rng_t *g, batch *b, figures *out)
         t[r] = (now_ns() - t0) / ROUND;
     }
     out->sample_read_isolated = median(t, ROUNDS);
+    for (int r = 0; r < ROUNDS; r++) {   /* archive_sample(100), then read each */
+        double t0 = now_ns();
+        for (size_t i = 0; i < ROUND; i += 100) {
+            size_t pos[100];
+            archive_sample(a, g, 100, 1, pos);
+            for (size_t k = 0; k < 100; k++) {
+                archive_elite_at(a, pos[k], &e);
+                sink += e.objective + e.measures[3] + e.commit_hash[39];
+            }
+        }
+        t[r] = (now_ns() - t0) / ROUND;
+    }
+    out->sample_many_read = median(t, ROUNDS);
 
     /* neighbours at radius 3 around a random occupied cell */
     archive_cell_list list = {0};
@@ -277,21 +310,21 @@ static void bench_occupancy(size_t n, rng_t *g, batch *b, figures *out)
     out->found = found / NB;
     archive_cell_list_free(&list);
 
-    /* adds into empty cells (status 2), last since they change the occupancy (by 3%
-     * at 10^6); capacity reserved first (growth is amortised: see the fill figure) */
-    archive_reserve(a, archive_size(a) + 3 * NEW_ROUNDS * ROUND, &err);
+    /* adds into empty cells (status 2), last since they change the archive; capacity
+     * reserved first (growth is amortised: see the fill figure) */
+    archive_reserve(a, archive_size(a) + (n > 100000 ? 3 * NEW_ROUNDS : 1) * ROUND, &err);
     for (int r = 0; r < NEW_ROUNDS; r++) {
-        prepare_new(&f, g, b);
+        prepare_new(&f, n, g, b);
         t[r] = time_adds(a, b);
     }
     out->add_new = median(t, NEW_ROUNDS);
     for (int r = 0; r < NEW_ROUNDS; r++) {
-        prepare_new(&f, g, b);
+        prepare_new(&f, n, g, b);
         t[r] = time_add_many(a, b);
     }
     out->batch_new = median(t, NEW_ROUNDS);
     for (int r = 0; r < NEW_ROUNDS; r++) {
-        prepare_new(&f, g, b);
+        prepare_new(&f, n, g, b);
         t[r] = time_adds_isolated(a, b);
     }
     out->add_new_isolated = median(t, NEW_ROUNDS);
@@ -304,19 +337,19 @@ static void bench_occupancy(size_t n, rng_t *g, batch *b, figures *out)
 static void print_table(const size_t *sizes, size_t count, rng_t *g, batch *b)
 {
     printf("archive benchmark: 32^4 grid; ns per operation, medians of rounds of %d\n", ROUND);
-    printf("%-8s | %-30s | %-17s | %-17s | %-26s | %s\n", "", "single add, back to back",
+    printf("%-8s | %-19s | %-17s | %-17s | %-35s | %s\n", "", "single add, b2b",
            "batch add/elite", "single add, isol.", "sample one elite", "neighbours");
-    printf("%-8s | %9s %9s %10s | %8s %8s | %8s %8s | %8s %8s %8s | %s\n", "elites",
-           "occupied", "new", "", "occupied", "new", "occupied", "new", "draw", "+read",
-           "isolated", "r=3 (us)");
+    printf("%-8s | %9s %9s | %8s %8s | %8s %8s | %8s %8s %8s %8s | %s\n", "elites",
+           "occupied", "new", "occupied", "new", "occupied", "new", "draw", "+read",
+           "isolated", "of 100", "r=3 (us)");
     for (size_t i = 0; i < count; i++) {
         figures fg;
         bench_occupancy(sizes[i], g, b, &fg);
-        printf("%-8zu | %9.1f %9.1f %10s | %8.1f %8.1f | %8.1f %8.1f | %8.1f %8.1f %8.1f | "
+        printf("%-8zu | %9.1f %9.1f | %8.1f %8.1f | %8.1f %8.1f | %8.1f %8.1f %8.1f %8.1f | "
                "%.2f (%zu found)\n",
-               sizes[i], fg.add_occupied, fg.add_new, "", fg.batch_occupied, fg.batch_new,
+               sizes[i], fg.add_occupied, fg.add_new, fg.batch_occupied, fg.batch_new,
                fg.add_occupied_isolated, fg.add_new_isolated, fg.draw, fg.sample_read,
-               fg.sample_read_isolated, fg.neighbours, fg.found);
+               fg.sample_read_isolated, fg.sample_many_read, fg.neighbours, fg.found);
         fflush(stdout);
     }
 }
@@ -432,6 +465,11 @@ int main(int argc, char **argv)
     rng_t g;
     rng_seed(&g, 20251129);
     batch *b = malloc(sizeof *b);
+    if (argc > 1 && strcmp(argv[1], "persist") == 0) {
+        bench_persistence(&g, b);
+        free(b);
+        return 0;
+    }
     if (argc > 1) {   /* only the table, for the sizes given */
         size_t sizes[16], count = 0;
         for (int i = 1; i < argc && count < 16; i++)

@@ -1414,14 +1414,30 @@ static size_t *swap_slot(swap_map *m, uint64_t key, int *found)
     }
 }
 
+/* Asks for the record at pos (both of its cache lines), which the caller is about to
+ * read: reading n sampled elites then waits for memory about once, not n times. Only
+ * the first SAMPLE_PREFETCH draws: more would push the first ones out of the cache
+ * before they are read. */
+#define SAMPLE_PREFETCH 256
+
+static inline void prefetch_record(const archive_t *a, size_t pos)
+{
+    const char *record = (const char *)head_at(a, pos);
+    __builtin_prefetch(record);
+    __builtin_prefetch(record + a->stride * sizeof(uint64_t) - 1);
+}
+
 size_t archive_sample(const archive_t *a, rng_t *rng, size_t n, int replace, size_t *out)
 {
     size_t size = a->count;
     if (size == 0)
         return 0;
     if (replace) {
-        for (size_t i = 0; i < n; i++)
+        for (size_t i = 0; i < n; i++) {
             out[i] = (size_t)rng_below(rng, size);
+            if (i < SAMPLE_PREFETCH)
+                prefetch_record(a, out[i]);
+        }
         return n;
     }
     if (n > size)
@@ -1438,6 +1454,8 @@ size_t archive_sample(const archive_t *a, rng_t *rng, size_t n, int replace, siz
                 v[i] = v[j];
                 v[j] = t;
                 out[i] = v[i];
+                if (i < SAMPLE_PREFETCH)
+                    prefetch_record(a, out[i]);
             }
             free(v);
             return n;
@@ -1463,6 +1481,8 @@ size_t archive_sample(const archive_t *a, rng_t *rng, size_t n, int replace, siz
         *si = vj;
         *sj = vi;
         out[i] = vj;
+        if (i < SAMPLE_PREFETCH)
+            prefetch_record(a, out[i]);
     }
     free(m.keys);
     free(m.values);
@@ -2044,11 +2064,31 @@ int archive_load(const void *data, size_t len, archive_t **out, archive_error *e
     }
     if (archive_reserve(a, (size_t)count, err) != 0)
         goto out;
+    /* A scout runs SCOUT elites ahead of the parser, reading only their cells and entry
+     * sizes, and prefetches their cell-map slots (a hint: it validates nothing and stops
+     * at the first elite that does not fit in the blob). */
+    enum { SCOUT = 16 };
+    size_t scout = r.at, elite_fixed = 8 * (4 + dim);
     for (uint64_t i = 0; i < count; i++) {
         uint64_t cell;
         uint32_t size;
         archive_entry e;
         double threshold;
+        for (; scout != SIZE_MAX && scout <= r.at + SCOUT * (elite_fixed + 12);) {
+            uint64_t scout_cell;
+            uint32_t scout_size;
+            if (elite_fixed + 4 > r.len - scout) {
+                scout = SIZE_MAX;
+                break;
+            }
+            memcpy(&scout_cell, r.p + scout, 8);
+            memcpy(&scout_size, r.p + scout + elite_fixed, 4);
+            if (scout_cell < a->cells)
+                __builtin_prefetch(slot_home_address(a, scout_cell), 1);
+            scout = scout_size > r.len - scout - elite_fixed - 4
+                        ? SIZE_MAX
+                        : scout + elite_fixed + 4 + scout_size;
+        }
         if (take(&r, &cell, 8) || take(&r, &e.objective, 8) || take(&r, &threshold, 8) ||
             take(&r, &e.timestamp, 8) || take(&r, measures, dim * 8) || take(&r, &size, 4) ||
             size > r.len - r.at) {
