@@ -7,11 +7,17 @@
  *            bytes, flags, the offset of an arena entry) followed by D measures. A
  *            Loreley elite (40-digit hash, solution = measures, no metadata) is one
  *            record and nothing else, so reading or sampling it touches one place;
- *   cellmap  open addressing (linear probing) from cell to dense position; a slot is
- *            (32-bit hash tag << 32) | (position + 1), 0 = empty. A tag match is
- *            confirmed against the record, which an add reads anyway;
- *   blockmap open addressing from block = cell / 64 to a 64-bit occupancy bitmap, so a
- *            neighbour query reads one small, cache-resident table per run of cells;
+ *   cellmap  from cell to its elite, in 16-byte slots: the threshold, a key and the
+ *            position + 1 (0 = empty). Everything an add decides on is in the slot, so a
+ *            rejected add reads one cache line and an improvement only writes its record.
+ *            Hashed (linear probing, load <= 3/4) while small; once a hashed table would
+ *            have as many slots as the grid has cells, a direct table indexed by the
+ *            cell instead (16 MB for 32^4 cells, from 393,217 elites on), no larger and
+ *            never probed. The key is the cell itself when cells fit in 32 bits, else
+ *            the low half of its hash, confirmed against the record;
+ *   blockmap from block = cell / 64 to a 64-bit occupancy bitmap, so a neighbour query
+ *            reads one word per run of cells: hashed while small, a direct array of one
+ *            word per block once that is no larger (128 KB for 32^4 cells);
  *   arena    what does not fit the record (metadata, an explicit solution, a long
  *            commit hash), as 8-byte aligned entries.
  *
@@ -1079,11 +1085,11 @@ static int write_record(archive_t *a, size_t pos, const archive_entry *e,
         plan_entry(a, e, &computed);
         planned = &computed;
     }
-    const entry_plan plan = *planned;
-    int needs = !plan.inline_hash || e->metadata || (e->solution && !plan.sol_measures);
-    /* no live arena bytes: no record has an entry */
-    if ((needs || (replacing && a->arena_used > a->arena_garbage)) &&
-        store_entry(a, pos, e, &plan, needs, replacing && a->arena_used > a->arena_garbage) != 0)
+    const entry_plan *plan = planned;
+    int needs = !plan->inline_hash || e->metadata || (e->solution && !plan->sol_measures);
+    /* no live arena bytes: no record has an entry to recycle */
+    int recycle = replacing && a->arena_used > a->arena_garbage;
+    if ((needs || recycle) && store_entry(a, pos, e, plan, needs, recycle) != 0)
         return -1;
     elite_head *h = head_at(a, pos);
     if (!needs)
@@ -1092,13 +1098,13 @@ static int write_record(archive_t *a, size_t pos, const archive_entry *e,
     h->threshold = threshold;
     h->timestamp = e->timestamp;
     memcpy(measures_at(a, pos), e->measures, a->dim * sizeof(double));
-    uint8_t flags = plan.sol_measures ? REC_SOL_MEASURES : 0;
+    uint8_t flags = plan->sol_measures ? REC_SOL_MEASURES : 0;
     memset(h->hash, 0, sizeof h->hash);
-    if (plan.inline_hash && plan.packable) {
+    if (plan->inline_hash && plan->packable) {
         h->flags = flags | REC_HASH_HEX;
         h->hash_len = (uint8_t)(e->commit_hash_len / 2);
-        memcpy(h->hash, plan.packed, h->hash_len);
-    } else if (plan.inline_hash) {
+        memcpy(h->hash, plan->packed, h->hash_len);
+    } else if (plan->inline_hash) {
         h->flags = flags | REC_HASH_RAW;
         h->hash_len = (uint8_t)e->commit_hash_len;
         memcpy(h->hash, e->commit_hash, e->commit_hash_len);
