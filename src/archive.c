@@ -9,7 +9,8 @@
  *            record and nothing else, so reading or sampling it touches one place;
  *   cellmap  from cell to its elite, in 16-byte slots: the threshold, a key and the
  *            position + 1 (0 = empty). Everything an add decides on is in the slot, so a
- *            rejected add reads one cache line and an improvement only writes its record.
+ *            rejected add reads one cache line and an improvement only writes its record
+ *            (in plain MAP-Elites, where a threshold is its objective).
  *            Hashed (linear probing, load <= 3/4) while small; once a hashed table would
  *            have as many slots as the grid has cells, a direct table indexed by the
  *            cell instead (16 MB for 32^4 cells, from 393,217 elites on), no larger and
@@ -19,7 +20,7 @@
  *            reads one word per run of cells: hashed while small, a direct array of one
  *            word per block once that is no larger (128 KB for 32^4 cells);
  *   arena    what does not fit the record (metadata, an explicit solution, a long
- *            commit hash), as 8-byte aligned entries.
+ *            commit hash), as 8-byte aligned entries, each after a tag naming its elite.
  *
  * Entry (in the arena, and per elite in a saved blob, where the hash is always present):
  *              [flags u8][stored hash length u8][hash bytes]
@@ -28,10 +29,11 @@
  *              padded to a multiple of 8.
  * A commit hash of lower-case hex digits of even length is stored packed (two digits
  * a byte): a 40-digit SHA-1 takes 20 bytes. A solution bit-identical to the measures
- * (what Loreley stores) is a flag, not a copy. An improved elite's entry is rewritten in
- * place when the new one fits, else appended; the arena is compacted when more than half
- * of it is garbage. Tables of 4 MB and more get their own mappings with transparent huge
- * pages, since random access over 100 MB otherwise misses the TLB almost every time.
+ * (what Loreley stores) is a flag, not a copy. An elite that changes gets a new entry;
+ * the old one is garbage until the arena fills up and is compacted (arena_reserve), so
+ * no add reads an old entry. Tables of 4 MB and more get their own mappings with
+ * transparent huge pages, since random access over 100 MB otherwise misses the TLB
+ * almost every time.
  *
  * The implementation assumes a little-endian host (x86-64, aarch64): blobs are
  * little-endian and written with memcpy.
@@ -73,7 +75,7 @@ typedef struct elite_head {
     double objective;
     double threshold;
     double timestamp;
-    uint64_t extra;              /* 1 + offset of the elite's arena entry; 0 = none */
+    uint64_t extra;              /* 1 + offset of the elite's arena tag; 0 = none */
     uint8_t flags;
     uint8_t hash_len;            /* inline bytes */
     uint8_t hash[INLINE_HASH];
@@ -139,7 +141,7 @@ struct archive {
     size_t block_words;
 
     unsigned char *arena;
-    size_t arena_used, arena_capacity, arena_garbage;
+    size_t arena_used, arena_capacity;
 
     /* running stats, as pyribs keeps them */
     double objective_sum;
@@ -688,57 +690,68 @@ static void entry_read(const unsigned char *p, entry_view *v)
     v->size = align8(n);
 }
 
-/* Size of the arena entry of the elite h, 0 when it has none. */
-static size_t entry_size_at(const archive_t *a, const elite_head *h)
+/*
+ * In the arena every entry follows an 8-byte tag: the position of the elite it was
+ * written for and the entry's size. A record's `extra` is 1 + the offset of its tag. An
+ * elite that changes gets a new entry at the end; the old one stays as garbage until the
+ * arena is full, when it is compacted instead of grown (arena_reserve). So an add never
+ * reads a previous entry (nor the record pointing at it) to reuse or account for it.
+ */
+typedef struct arena_tag {
+    uint32_t pos;
+    uint32_t size;           /* of the entry after the tag, a multiple of 8 */
+} arena_tag;
+
+_Static_assert(sizeof(arena_tag) == 8, "an arena tag keeps entries 8-aligned");
+
+/* The entry of the elite h (which has one). */
+static inline const unsigned char *entry_at(const archive_t *a, const elite_head *h)
 {
-    if (!h->extra)
-        return 0;
-    entry_view v;
-    entry_read(a->arena + h->extra - 1, &v);
-    return v.size;
+    return a->arena + h->extra - 1 + sizeof(arena_tag);
 }
 
-/* Makes room for `extra` more bytes at the end of the arena (doubling). */
+/*
+ * Makes room for `extra` more bytes at the end of the arena. A full arena is compacted
+ * rather than grown as is: its live entries (those whose elite's record still points at
+ * them) are copied, in arena order, into a fresh arena with room for at least twice as
+ * much again, which is what growing would have copied anyway. Walking the arena costs
+ * a look at one record per entry, paid for by the appends that filled it. On failure (no
+ * memory) nothing changed.
+ */
 static int arena_reserve(archive_t *a, size_t extra)
 {
     if (a->arena_used + extra <= a->arena_capacity)
         return 0;
-    size_t cap = a->arena_capacity ? a->arena_capacity : 4096;
-    while (cap < a->arena_used + extra)
-        cap *= 2;
-    unsigned char *grown = region_grow(a->arena, a->arena_capacity, a->arena_used, cap);
-    if (!grown)
-        return -1;
-    a->arena = grown;
-    a->arena_capacity = cap;
-    return 0;
-}
-
-/* Rewrites the arena with only the live entries, in dense order. */
-static int arena_compact(archive_t *a)
-{
-    size_t live = a->arena_used - a->arena_garbage;
+    size_t live = 0;
+    for (size_t at = 0; at < a->arena_used;) {
+        arena_tag tag;
+        memcpy(&tag, a->arena + at, sizeof tag);
+        if (tag.pos < a->count && head_at(a, tag.pos)->extra == at + 1)
+            live += sizeof tag + tag.size;
+        at += sizeof tag + tag.size;
+    }
     size_t cap = 4096;
-    while (cap < live)
+    while (cap / 2 < live + extra)
         cap *= 2;
     unsigned char *fresh = region_alloc(cap);
     if (!fresh)
         return -1;
     size_t used = 0;
-    for (size_t pos = 0; pos < a->count; pos++) {
-        elite_head *h = head_at(a, pos);
-        size_t size = entry_size_at(a, h);
-        if (!size)
-            continue;
-        memcpy(fresh + used, a->arena + h->extra - 1, size);
-        h->extra = used + 1;
-        used += size;
+    for (size_t at = 0; at < a->arena_used;) {
+        arena_tag tag;
+        memcpy(&tag, a->arena + at, sizeof tag);
+        elite_head *h = tag.pos < a->count ? head_at(a, tag.pos) : NULL;
+        if (h && h->extra == at + 1) {
+            memcpy(fresh + used, a->arena + at, sizeof tag + tag.size);
+            h->extra = used + 1;
+            used += sizeof tag + tag.size;
+        }
+        at += sizeof tag + tag.size;
     }
     region_free(a->arena, a->arena_capacity);
     a->arena = fresh;
     a->arena_capacity = cap;
     a->arena_used = used;
-    a->arena_garbage = 0;
     return 0;
 }
 
@@ -1041,44 +1054,30 @@ static int check_entry(const archive_t *a, const archive_entry *e, archive_error
     return 0;
 }
 
-/*
- * The arena side of storing e at pos: writes the entry the plan needs (recycling the
- * record's previous entry when replacing and it is large enough) or drops the previous
- * one, and sets the record's `extra`. On failure (no memory) nothing changed.
- */
-static int store_entry(archive_t *a, size_t pos, const archive_entry *e, const entry_plan *plan,
-                       int needs, int replacing)
+/* Appends the entry the plan needs for e, the elite at pos, and points the record at it
+ * (whatever entry it had becomes garbage). On failure (no memory) nothing changed. */
+static int store_entry(archive_t *a, size_t pos, const archive_entry *e, const entry_plan *plan)
 {
-    size_t size = needs ? entry_size(e, plan, !plan->inline_hash) : 0;
-    size_t old_size = replacing ? entry_size_at(a, head_at(a, pos)) : 0;
-    if (size > old_size && arena_reserve(a, size) != 0)
+    size_t size = entry_size(e, plan, !plan->inline_hash);
+    if (arena_reserve(a, sizeof(arena_tag) + size) != 0)
         return -1;
-    elite_head *h = head_at(a, pos);
-    if (!needs) {
-        a->arena_garbage += old_size;
-        h->extra = 0;
-    } else if (size <= old_size) {
-        entry_write(a->arena + h->extra - 1, e, plan, !plan->inline_hash);
-        a->arena_garbage += old_size - size;
-    } else {
-        a->arena_garbage += old_size;
-        entry_write(a->arena + a->arena_used, e, plan, !plan->inline_hash);
-        h->extra = a->arena_used + 1;
-        a->arena_used += size;
-    }
+    arena_tag tag = {(uint32_t)pos, (uint32_t)size};
+    memcpy(a->arena + a->arena_used, &tag, sizeof tag);
+    entry_write(a->arena + a->arena_used + sizeof tag, e, plan, !plan->inline_hash);
+    head_at(a, pos)->extra = a->arena_used + 1;
+    a->arena_used += sizeof tag + size;
     return 0;
 }
 
 /*
  * Writes e into the record at pos, all but its cell: objective, threshold, timestamp,
- * measures, the commit hash inline when it fits, the solution kind and, when needed, an
- * arena entry. replacing: the record holds a previous elite, whose arena entry (if any)
- * is recycled. Nothing is read from the record unless the arena holds live entries, so
- * an improvement of a Loreley elite only writes. On failure (no memory) the record is
- * unchanged.
+ * measures, the commit hash inline when it fits, the solution kind and, when needed, a
+ * new arena entry. Nothing is read from the record or the arena: replacing an elite
+ * only writes. planned: e's plan, or NULL to make it here. On failure (no memory) the
+ * record is unchanged.
  */
 static int write_record(archive_t *a, size_t pos, const archive_entry *e,
-                        const entry_plan *planned, double threshold, int replacing)
+                        const entry_plan *planned, double threshold)
 {
     entry_plan computed;
     if (!planned) {
@@ -1087,9 +1086,7 @@ static int write_record(archive_t *a, size_t pos, const archive_entry *e,
     }
     const entry_plan *plan = planned;
     int needs = !plan->inline_hash || e->metadata || (e->solution && !plan->sol_measures);
-    /* no live arena bytes: no record has an entry to recycle */
-    int recycle = replacing && a->arena_used > a->arena_garbage;
-    if ((needs || recycle) && store_entry(a, pos, e, plan, needs, recycle) != 0)
+    if (needs && store_entry(a, pos, e, plan) != 0)
         return -1;
     elite_head *h = head_at(a, pos);
     if (!needs)
@@ -1184,7 +1181,7 @@ static int append_elite(archive_t *a, uint64_t cell, cell_slot *slot, const arch
     if (!room && reserve_one(a, cell, &slot) != 0)
         return -1;
     size_t pos = a->count;
-    if (write_record(a, pos, e, plan, threshold, 0) != 0)
+    if (write_record(a, pos, e, plan, threshold) != 0)
         return -1;
     head_at(a, pos)->cell = cell;
     a->count++;
@@ -1210,8 +1207,7 @@ static void note_insert(archive_t *a, double objective, double previous_objectiv
 /*
  * The add itself, on a validated entry whose cell is known. The decision reads only the
  * cell's slot (its threshold is there); an improvement then writes the record, reading
- * it only when the previous objective is not the slot's threshold (CMA-MAE) or the
- * record may own an arena entry to recycle.
+ * it only when the previous objective is not the slot's threshold (CMA-MAE).
  */
 static int add_validated(archive_t *a, const archive_entry *e, const entry_plan *plan,
                          uint64_t cell, archive_add_result *r, archive_error *err)
@@ -1245,15 +1241,13 @@ static int add_validated(archive_t *a, const archive_entry *e, const entry_plan 
     } else {
         size_t pos = (size_t)slot->pos1 - 1;
         double previous = a->thresholds_are_objectives ? threshold : head_at(a, pos)->objective;
-        if (write_record(a, pos, e, plan, new_threshold, 1) != 0)
+        if (write_record(a, pos, e, plan, new_threshold) != 0)
             return fail(err, "out of memory");
         slot->threshold = new_threshold;
         if (!same_bits(new_threshold, e->objective))
             a->thresholds_are_objectives = 0;
         note_insert(a, e->objective, previous);
         r->status = 1;
-        if (a->arena_garbage > 65536 && a->arena_garbage > a->arena_used / 2)
-            arena_compact(a);   /* failing to compact is harmless */
     }
     r->delta = e->objective - base;
     return 0;
@@ -1332,7 +1326,7 @@ static void fill_elite(const archive_t *a, size_t pos, archive_elite *out)
     out->solution_len = 0;
     entry_view v = {0};
     if (h->extra) {
-        entry_read(a->arena + h->extra - 1, &v);
+        entry_read(entry_at(a, h), &v);
         out->metadata = v.metadata;
         out->metadata_len = v.metadata_len;
         out->solution = v.solution;
@@ -1386,7 +1380,6 @@ void archive_clear(archive_t *a)
         memset(a->blockmap, 0, (a->blockmap_mask + 1) * sizeof *a->blockmap);
     a->blockmap_count = 0;
     a->arena_used = 0;
-    a->arena_garbage = 0;
     a->objective_sum = 0.0;
     a->has_objective = 0;
     a->obj_max = 0.0;

@@ -6,7 +6,9 @@
  * rejections with their deltas, clear and refill); two cells of a grid over 2^32 cells
  * whose hash slots collide (keys are hash fragments there, confirmed on the record);
  * commit hashes of every length and of every byte value (packed hex and raw); CMA-MAE
- * improvements, where the previous objective is not the threshold.
+ * improvements, where the previous objective is not the threshold; the arena under
+ * churn (metadata, long hashes and explicit solutions replaced, grown, shrunk, dropped,
+ * through many compactions), every elite checked against the test's own copy.
  */
 #include <math.h>
 #include <stdint.h>
@@ -337,11 +339,135 @@ static void test_cma_mae_improvements(void)
     archive_free(a);
 }
 
+/* The test's copy of one elite's variable parts. */
+typedef struct churn_elite {
+    int present, version;
+    char hash[80];
+    size_t meta_len;           /* SIZE_MAX: no metadata */
+    size_t solution_len;       /* SIZE_MAX: none */
+} churn_elite;
+
+/* Metadata and solution contents are a function of (cell, version, index). */
+static char meta_byte(uint64_t cell, int version, size_t i)
+{
+    return (char)('a' + (cell * 31 + (uint64_t)version * 7 + i) % 26);
+}
+
+static double solution_value(uint64_t cell, int version, size_t i)
+{
+    return (double)cell + version * 0.5 + (double)i * 0.25;
+}
+
+static void test_arena_churn(void)
+{
+    archive_t *a = grid16(NULL);
+    if (!a)
+        return;
+    enum { CELLS_USED = 300, STEPS = 20000 };
+    static churn_elite want[CELLS_USED];
+    static char meta[4096];
+    static double solution[64];
+    rng_t g;
+    rng_seed(&g, 23);
+    size_t wrong = 0;
+    for (int step = 0; step < STEPS; step++) {
+        uint64_t cell = rng_below(&g, CELLS_USED);
+        churn_elite *w = &want[cell];
+        churn_elite next = {1, step, "", SIZE_MAX, SIZE_MAX};
+        /* hashes: hex SHA-1 (inline), long hex (arena) or long raw (arena) */
+        switch (rng_below(&g, 3)) {
+        case 0:
+            snprintf(next.hash, sizeof next.hash, "%040llx", (unsigned long long)step);
+            break;
+        case 1:
+            snprintf(next.hash, sizeof next.hash, "%064llx", (unsigned long long)step);
+            break;
+        default:
+            snprintf(next.hash, sizeof next.hash, "refs/heads/a-long-branch-name-%d", step);
+        }
+        if (rng_below(&g, 4) != 0) {   /* sizes from empty to 4 KB */
+            next.meta_len = (size_t)rng_below(&g, rng_below(&g, 2) ? 40 : sizeof meta);
+            for (size_t i = 0; i < next.meta_len; i++)
+                meta[i] = meta_byte(cell, step, i);
+        }
+        if (rng_below(&g, 2)) {
+            next.solution_len = (size_t)rng_below(&g, 64);
+            for (size_t i = 0; i < next.solution_len; i++)
+                solution[i] = solution_value(cell, step, i);
+        }
+        double m[4];
+        centre_of(cell, m);
+        archive_entry e = {next.hash, strlen(next.hash), (double)step, m,
+                           next.solution_len == SIZE_MAX ? NULL : solution,
+                           next.solution_len == SIZE_MAX ? 0 : next.solution_len,
+                           next.meta_len == SIZE_MAX ? NULL : meta,
+                           next.meta_len == SIZE_MAX ? 0 : next.meta_len, (double)step};
+        archive_add_result r;
+        archive_error err;
+        CHECK(archive_add(a, &e, &r, &err) == 0);
+        wrong += r.status != (w->present ? 1 : 2);   /* objectives only grow */
+        *w = next;
+        if (step % 2000 != 1999 && step != STEPS - 1)
+            continue;
+        for (uint64_t c = 0; c < CELLS_USED; c++) {
+            const churn_elite *x = &want[c];
+            archive_elite got;
+            if (!archive_get(a, c, &got)) {
+                wrong += x->present;
+                continue;
+            }
+            int bad = !x->present || got.objective != x->version ||
+                      strcmp(got.commit_hash, x->hash) != 0;
+            if (x->meta_len == SIZE_MAX)
+                bad |= got.metadata != NULL;
+            else if (!got.metadata || got.metadata_len != x->meta_len)
+                bad = 1;
+            else
+                for (size_t i = 0; i < x->meta_len; i++)
+                    bad |= got.metadata[i] != meta_byte(c, x->version, i);
+            if (x->solution_len == SIZE_MAX)
+                bad |= got.solution != NULL;
+            else if (!got.solution || got.solution_len != x->solution_len)
+                bad = 1;
+            else
+                for (size_t i = 0; i < x->solution_len; i++)
+                    bad |= got.solution[i] != solution_value(c, x->version, i);
+            wrong += bad;
+        }
+    }
+    CHECK_MSG(wrong == 0, "%zu wrong elites or statuses under arena churn", wrong);
+    /* and the same through a blob */
+    unsigned char *blob;
+    size_t len;
+    archive_t *back = NULL;
+    archive_error err;
+    CHECK(archive_save(a, &blob, &len, &err) == 0);
+    CHECK(archive_load(blob, len, &back, &err) == 0);
+    if (back) {
+        size_t differ = 0;
+        for (size_t pos = 0; pos < archive_size(a); pos++) {
+            archive_elite x, y;
+            archive_elite_at(a, pos, &x);
+            archive_elite_at(back, pos, &y);
+            differ += x.cell != y.cell || strcmp(x.commit_hash, y.commit_hash) != 0 ||
+                      x.metadata_len != y.metadata_len || x.solution_len != y.solution_len ||
+                      (x.metadata_len && memcmp(x.metadata, y.metadata, x.metadata_len)) ||
+                      (x.solution_len &&
+                       memcmp(x.solution, y.solution, x.solution_len * sizeof(double)));
+        }
+        CHECK_EQ_INT(differ, 0);
+    }
+    free(blob);
+    archive_free(back);
+    archive_free(a);
+}
+
 int main(void)
 {
     test_fill_whole_grid();
     test_tag_collision();
     test_commit_hashes();
     test_cma_mae_improvements();
+    test_arena_churn();
     return CHECK_DONE();
 }
