@@ -713,10 +713,11 @@ static inline const unsigned char *entry_at(const archive_t *a, const elite_head
 /*
  * Makes room for `extra` more bytes at the end of the arena. A full arena is compacted
  * rather than grown as is: its live entries (those whose elite's record still points at
- * them) are copied, in arena order, into a fresh arena with room for at least twice as
- * much again, which is what growing would have copied anyway. Walking the arena costs
- * a look at one record per entry, paid for by the appends that filled it. On failure (no
- * memory) nothing changed.
+ * them) are copied, in arena order, into a fresh arena of twice their size (plus the
+ * request), which is what growing would have copied anyway: garbage never makes the
+ * arena more than twice its live entries. Walking the arena costs a look at one record
+ * per entry, paid for by the appends that filled it. On failure (no memory) nothing
+ * changed.
  */
 static int arena_reserve(archive_t *a, size_t extra)
 {
@@ -730,9 +731,7 @@ static int arena_reserve(archive_t *a, size_t extra)
             live += sizeof tag + tag.size;
         at += sizeof tag + tag.size;
     }
-    size_t cap = 4096;
-    while (cap / 2 < live + extra)
-        cap *= 2;
+    size_t cap = (2 * (live + extra) + 4095) & ~(size_t)4095;   /* so at most 2x live */
     unsigned char *fresh = region_alloc(cap);
     if (!fresh)
         return -1;
