@@ -6,14 +6,17 @@
  *
  *   build/bench_archive             all figures
  *   build/bench_archive 1000000     only the occupancy table, for the sizes given
+ *   build/bench_archive metadata=200 1000 1000000
+ *                                   the table with metadata of 150 to 249 bytes per elite
  *   build/bench_archive persist     only the fill, save and load of 10^6 elites
  *   build/bench_archive rss         only the resident memory of 10^6 elites (fresh process)
  *
  * Two ways of timing one operation, both reported:
  *  - back to back: a round of 1000 independent calls, divided by 1000. This is how calls
  *    arrive in a hot loop, and the CPU overlaps the memory misses of consecutive calls;
- *  - isolated: each call waits for the previous one's result (a data dependency feeds the
- *    result into the next call's input), so nothing overlaps: the latency of one call.
+ *  - isolated: each call waits until the previous one has finished (a fence between calls,
+ *    and the previous result fed into the next call's input), so nothing overlaps: the
+ *    latency of one call, as when an add comes alone among other work.
  * The cells a round uses are chosen from the benchmark's own copy of the occupied cells
  * (and its own occupancy bitmap for empty cells), so preparing a round never reads the
  * archive's memory: at 10^5 and 10^6 elites the timed calls find their hash slots and
@@ -75,6 +78,10 @@ static void measures_in(uint64_t cell, rng_t *g, double *m)
     }
 }
 
+/* Metadata per elite: none by default; metadata=N gives 3N/4 to 5N/4 - 1 bytes. */
+static size_t metadata_size;
+static char metadata_text[1 << 16];
+
 typedef struct batch {
     archive_entry e[ROUND];
     double m[ROUND][DIM];
@@ -89,6 +96,10 @@ static void fill_entry(batch *b, size_t i, uint64_t cell, rng_t *g)
              (unsigned long long)rng_next(g), (unsigned)rng_next(g));
     b->e[i] = (archive_entry){b->hash[i], 40, rng_normal(g), b->m[i], b->m[i], DIM, NULL, 0,
                               1.7e9};
+    if (metadata_size) {
+        b->e[i].metadata = metadata_text;
+        b->e[i].metadata_len = metadata_size * 3 / 4 + rng_below(g, metadata_size / 2);
+    }
 }
 
 /* An archive and the benchmark's own record of which cells it occupies. */
@@ -175,6 +186,18 @@ static void prepare_new(fixture *f, size_t n, rng_t *g, batch *b)
     }
 }
 
+/* Lets nothing after it start before everything before it has finished (its loads have
+ * arrived): without it, the CPU runs ahead into the next call whenever a result does not
+ * depend on the data of a miss (the status of a new cell, predicted by the branch). */
+static inline void wait_for_previous(void)
+{
+#if defined(__x86_64__) || defined(__i386__)
+    __builtin_ia32_lfence();
+#else
+    __atomic_thread_fence(__ATOMIC_SEQ_CST);
+#endif
+}
+
 /* Back to back: ROUND independent archive_add calls. */
 static double time_adds(archive_t *a, batch *b)
 {
@@ -185,8 +208,8 @@ static double time_adds(archive_t *a, batch *b)
     return (now_ns() - t0) / ROUND;
 }
 
-/* Isolated: each add's measures depend on the previous add's delta (0.0 * delta is
- * +-0.0 and changes nothing, but the CPU cannot start the next add before it is known). */
+/* Isolated: a fence between adds, and each add's measures depend on the previous add's
+ * delta (0.0 * delta is +-0.0 and changes nothing). */
 static double time_adds_isolated(archive_t *a, batch *b)
 {
     archive_error err;
@@ -194,6 +217,7 @@ static double time_adds_isolated(archive_t *a, batch *b)
     double t0 = now_ns();
     for (size_t i = 0; i < ROUND; i++) {
         b->m[i][0] += 0.0 * delta;
+        wait_for_previous();
         archive_add(a, &b->e[i], &b->r[i], &err);
         delta = b->r[i].delta;
     }
@@ -271,6 +295,7 @@ static void bench_occupancy(size_t n, rng_t *g, batch *b, figures *out)
         for (size_t i = 0; i < ROUND; i++) {
             size_t pos;
             rng_t *wait = g + (size_t)(0.0 * chain);   /* the draw waits for the last elite */
+            wait_for_previous();
             archive_sample(a, wait, 1, 1, &pos);
             archive_elite_at(a, pos, &e);
             chain = e.objective + e.measures[3] + e.commit_hash[39];
@@ -472,8 +497,18 @@ int main(int argc, char **argv)
     }
     if (argc > 1) {   /* only the table, for the sizes given */
         size_t sizes[16], count = 0;
-        for (int i = 1; i < argc && count < 16; i++)
+        for (int i = 1; i < argc && count < 16; i++) {
+            if (strncmp(argv[i], "metadata=", 9) == 0) {
+                metadata_size = strtoull(argv[i] + 9, NULL, 10);
+                if (metadata_size * 5 / 4 > sizeof metadata_text)
+                    metadata_size = sizeof metadata_text * 4 / 5;
+                memset(metadata_text, 'm', sizeof metadata_text);
+                printf("metadata: %zu to %zu bytes per elite\n", metadata_size * 3 / 4,
+                       metadata_size * 5 / 4 - 1);
+                continue;
+            }
             sizes[count++] = strtoull(argv[i], NULL, 10);
+        }
         print_table(sizes, count, &g, b);
         free(b);
         return 0;
