@@ -1969,8 +1969,8 @@ int archive_load(const void *data, size_t len, archive_t **out, archive_error *e
     *out = NULL;
 
     char magic[8];
-    uint32_t version, kind, dim32, flags;
-    uint64_t total, count, checksum;
+    uint32_t version = 0, kind = 0, dim32 = 0, flags = 0;   /* take() fills them: the */
+    uint64_t total = 0, count = 0, checksum;                /* length was checked first */
     archive_options o;
     double objective_sum, obj_max;
     if (len < BLOB_HEADER + 8)
