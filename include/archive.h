@@ -199,6 +199,8 @@ void archive_clear(archive_t *a);
  * every draw is rng_below(size) and n may be anything (0 if the archive is empty);
  * without, a Fisher-Yates prefix over positions 0..size-1 gives min(n, size) distinct
  * positions. Returns how many were written. Deterministic for a given generator state.
+ * The records of the first 256 drawn are prefetched, so reading them right afterwards
+ * waits for memory about once, not once per elite.
  */
 size_t archive_sample(const archive_t *a, rng_t *rng, size_t n, int replace, size_t *out);
 

@@ -1257,7 +1257,10 @@ int archive_add(archive_t *a, const archive_entry *e, archive_add_result *r,
 {
     if (a->kind == ARCHIVE_GRID) {
         /* The cell first (the grid index is safe on any measures), so that its slot and
-         * block are on their way from memory while the entry is checked. */
+         * block are on their way from memory while the entry is checked and planned (its
+         * hash packed: work only an insert needs, done before the slot tells whether
+         * this is one, because it hides the wait for the slot; ~5 ns wasted on a
+         * rejection in a small, cached archive). */
         uint64_t cell = cell_of(a, e->measures);
         __builtin_prefetch(slot_home_address(a, cell));
         __builtin_prefetch(blockmap_home_address(a, cell));
