@@ -1252,20 +1252,27 @@ static int add_validated(archive_t *a, const archive_entry *e, const entry_plan 
     return 0;
 }
 
+/* A cell map from this size on is taken to miss the cache (the L2 of a core is 1 MB on
+ * the development VM; bench/archive.md). */
+#define EARLY_PLAN_BYTES ((size_t)1 << 20)
+
 int archive_add(archive_t *a, const archive_entry *e, archive_add_result *r,
                 archive_error *err)
 {
     if (a->kind == ARCHIVE_GRID) {
         /* The cell first (the grid index is safe on any measures), so that its slot and
-         * block are on their way from memory while the entry is checked and planned (its
-         * hash packed: work only an insert needs, done before the slot tells whether
-         * this is one, because it hides the wait for the slot; ~5 ns wasted on a
-         * rejection in a small, cached archive). */
+         * block are on their way from memory while the entry is checked. When the cell
+         * map is too large to stay in the cache, the entry is also planned (its hash
+         * packed) meanwhile: work only an insert needs, done before the slot tells
+         * whether this is one, because it hides the wait; a small map answers at once,
+         * and the work would only slow rejections down. */
         uint64_t cell = cell_of(a, e->measures);
         __builtin_prefetch(slot_home_address(a, cell));
         __builtin_prefetch(blockmap_home_address(a, cell));
         if (check_entry(a, e, err) != 0)
             return -1;
+        if (a->slot_count * sizeof(cell_slot) < EARLY_PLAN_BYTES)
+            return add_validated(a, e, NULL, cell, r, err);
         entry_plan plan;
         plan_entry(a, e, &plan);
         return add_validated(a, e, &plan, cell, r, err);
