@@ -4,8 +4,23 @@
  * the median of many timed rounds. Elites look like Loreley's: a 40-digit commit hash,
  * solution = measures, no metadata (see bench/archive.md).
  *
- *   build/bench_archive           all figures
- *   build/bench_archive rss       only the resident memory of 10^6 elites (fresh process)
+ *   build/bench_archive             all figures
+ *   build/bench_archive 1000000     only the occupancy table, for the sizes given
+ *   build/bench_archive metadata=200 1000 1000000
+ *                                   the table with metadata of 150 to 249 bytes per elite
+ *   build/bench_archive persist     only the fill, save and load of 10^6 elites
+ *   build/bench_archive rss         only the resident memory of 10^6 elites (fresh process)
+ *
+ * Two ways of timing one operation, both reported:
+ *  - back to back: a round of 1000 independent calls, divided by 1000. This is how calls
+ *    arrive in a hot loop, and the CPU overlaps the memory misses of consecutive calls;
+ *  - isolated: each call waits until the previous one has finished (a fence between calls,
+ *    and the previous result fed into the next call's input), so nothing overlaps: the
+ *    latency of one call, as when an add comes alone among other work.
+ * The cells a round uses are chosen from the benchmark's own copy of the occupied cells
+ * (and its own occupancy bitmap for empty cells), so preparing a round never reads the
+ * archive's memory: at 10^5 and 10^6 elites the timed calls find their hash slots and
+ * records in DRAM, as a call on a random cell would.
  */
 #include <math.h>
 #include <stdio.h>
@@ -18,6 +33,7 @@
 
 #define DIM 4
 #define CELLS_PER_DIM 32
+#define TOTAL_CELLS (1u << 20)
 #define ROUND 1000   /* operations per timed round */
 
 static double now_ns(void)
@@ -62,6 +78,10 @@ static void measures_in(uint64_t cell, rng_t *g, double *m)
     }
 }
 
+/* Metadata per elite: none by default; metadata=N gives 3N/4 to 5N/4 - 1 bytes. */
+static size_t metadata_size;
+static char metadata_text[1 << 16];
+
 typedef struct batch {
     archive_entry e[ROUND];
     double m[ROUND][DIM];
@@ -76,32 +96,287 @@ static void fill_entry(batch *b, size_t i, uint64_t cell, rng_t *g)
              (unsigned long long)rng_next(g), (unsigned)rng_next(g));
     b->e[i] = (archive_entry){b->hash[i], 40, rng_normal(g), b->m[i], b->m[i], DIM, NULL, 0,
                               1.7e9};
+    if (metadata_size) {
+        b->e[i].metadata = metadata_text;
+        b->e[i].metadata_len = metadata_size * 3 / 4 + rng_below(g, metadata_size / 2);
+    }
 }
 
+/* An archive and the benchmark's own record of which cells it occupies. */
+typedef struct fixture {
+    archive_t *a;
+    uint64_t *occupied;        /* the occupied cells, in no particular order */
+    size_t count;
+    unsigned char *taken;      /* one byte per cell: 1 when occupied */
+} fixture;
+
 /* An archive with exactly n occupied cells, chosen at random. */
-static archive_t *filled(size_t n, rng_t *g, batch *b)
+static void fill(fixture *f, size_t n, rng_t *g, batch *b)
 {
-    archive_t *a = new_default_grid();
-    uint64_t total = archive_cells(a);
-    uint32_t *perm = malloc(total * sizeof *perm);
-    for (uint64_t i = 0; i < total; i++)
-        perm[i] = (uint32_t)i;
-    for (uint64_t i = 0; i < n; i++) {
-        uint64_t j = i + rng_below(g, total - i);
-        uint32_t t = perm[i];
-        perm[i] = perm[j];
-        perm[j] = t;
+    f->a = new_default_grid();
+    f->occupied = malloc(TOTAL_CELLS * sizeof *f->occupied);
+    f->taken = calloc(TOTAL_CELLS, 1);
+    for (uint64_t i = 0; i < TOTAL_CELLS; i++)
+        f->occupied[i] = i;
+    for (uint64_t i = 0; i < n; i++) {   /* a random n-subset: partial Fisher-Yates */
+        uint64_t j = i + rng_below(g, TOTAL_CELLS - i);
+        uint64_t t = f->occupied[i];
+        f->occupied[i] = f->occupied[j];
+        f->occupied[j] = t;
+        f->taken[f->occupied[i]] = 1;
     }
+    f->count = n;
     archive_error err;
     for (size_t done = 0; done < n;) {
         size_t k = n - done < ROUND ? n - done : ROUND;
         for (size_t i = 0; i < k; i++)
-            fill_entry(b, i, perm[done + i], g);
-        archive_add_many(a, b->e, k, b->r, &err);
+            fill_entry(b, i, f->occupied[done + i], g);
+        if (archive_add_many(f->a, b->e, k, b->r, &err) != 0) {
+            fprintf(stderr, "fill: %s\n", err.message);
+            exit(1);
+        }
         done += k;
     }
-    free(perm);
-    return a;
+}
+
+static void fixture_free(fixture *f)
+{
+    archive_free(f->a);
+    free(f->occupied);
+    free(f->taken);
+}
+
+/* A round of entries into random occupied cells. */
+static void prepare_occupied(fixture *f, rng_t *g, batch *b)
+{
+    for (size_t i = 0; i < ROUND; i++)
+        fill_entry(b, i, f->occupied[rng_below(g, f->count)], g);
+}
+
+/*
+ * A round of entries into distinct empty cells, which count as occupied from now on.
+ * Up to 10^5 elites the archive first goes back to its n elites (cleared and refilled
+ * with new entries), so every round adds into an archive of n elites; at 10^6 the
+ * rounds add 3% to the occupancy instead (a refill takes a second).
+ */
+static void prepare_new(fixture *f, size_t n, rng_t *g, batch *b)
+{
+    if (n <= 100000 && f->count > n) {
+        archive_clear(f->a);
+        for (size_t i = n; i < f->count; i++)
+            f->taken[f->occupied[i]] = 0;
+        f->count = 0;
+        archive_error err;
+        while (f->count < n) {
+            size_t k = n - f->count < ROUND ? n - f->count : ROUND;
+            for (size_t i = 0; i < k; i++)
+                fill_entry(b, i, f->occupied[f->count + i], g);
+            archive_add_many(f->a, b->e, k, b->r, &err);
+            f->count += k;
+        }
+    }
+    for (size_t i = 0; i < ROUND; i++) {
+        uint64_t cell;
+        do
+            cell = rng_below(g, TOTAL_CELLS);
+        while (f->taken[cell]);
+        f->taken[cell] = 1;
+        f->occupied[f->count++] = cell;
+        fill_entry(b, i, cell, g);
+    }
+}
+
+/* Lets nothing after it start before everything before it has finished (its loads have
+ * arrived): without it, the CPU runs ahead into the next call whenever a result does not
+ * depend on the data of a miss (the status of a new cell, predicted by the branch). */
+static inline void wait_for_previous(void)
+{
+#if defined(__x86_64__) || defined(__i386__)
+    __builtin_ia32_lfence();
+#else
+    __atomic_thread_fence(__ATOMIC_SEQ_CST);
+#endif
+}
+
+/* Back to back: ROUND independent archive_add calls. */
+static double time_adds(archive_t *a, batch *b)
+{
+    archive_error err;
+    double t0 = now_ns();
+    for (size_t i = 0; i < ROUND; i++)
+        archive_add(a, &b->e[i], &b->r[i], &err);
+    return (now_ns() - t0) / ROUND;
+}
+
+/* Isolated: a fence between adds, and each add's measures depend on the previous add's
+ * delta (0.0 * delta is +-0.0 and changes nothing). */
+static double time_adds_isolated(archive_t *a, batch *b)
+{
+    archive_error err;
+    double delta = 0.0;
+    double t0 = now_ns();
+    for (size_t i = 0; i < ROUND; i++) {
+        b->m[i][0] += 0.0 * delta;
+        wait_for_previous();
+        archive_add(a, &b->e[i], &b->r[i], &err);
+        delta = b->r[i].delta;
+    }
+    return (now_ns() - t0) / ROUND;
+}
+
+static double time_add_many(archive_t *a, batch *b)
+{
+    archive_error err;
+    double t0 = now_ns();
+    archive_add_many(a, b->e, ROUND, b->r, &err);
+    return (now_ns() - t0) / ROUND;
+}
+
+typedef struct figures {
+    double add_occupied, add_new, batch_occupied, batch_new;
+    double add_occupied_isolated, add_new_isolated;
+    double draw, sample_read, sample_read_isolated, sample_many_read;
+    double neighbours;
+    size_t found;
+} figures;
+
+static void bench_occupancy(size_t n, rng_t *g, batch *b, figures *out)
+{
+    fixture f;
+    fill(&f, n, g, b);
+    archive_t *a = f.a;
+    enum { ROUNDS = 100, NEW_ROUNDS = 10 };
+    double t[ROUNDS];
+
+    /* adds into occupied cells (status 0 or 1: the occupancy stays n) */
+    for (int r = 0; r < ROUNDS; r++) {
+        prepare_occupied(&f, g, b);
+        t[r] = time_adds(a, b);
+    }
+    out->add_occupied = median(t, ROUNDS);
+    for (int r = 0; r < ROUNDS; r++) {
+        prepare_occupied(&f, g, b);
+        t[r] = time_add_many(a, b);
+    }
+    out->batch_occupied = median(t, ROUNDS);
+    for (int r = 0; r < ROUNDS; r++) {
+        prepare_occupied(&f, g, b);
+        t[r] = time_adds_isolated(a, b);
+    }
+    out->add_occupied_isolated = median(t, ROUNDS);
+
+    /* uniform sample of one elite: the draw (its dense position and cell), then the
+     * draw and every field of the elite, back to back and isolated */
+    double sink = 0;
+    for (int r = 0; r < ROUNDS; r++) {
+        double t0 = now_ns();
+        for (size_t i = 0; i < ROUND; i++) {
+            size_t pos;
+            archive_sample(a, g, 1, 1, &pos);
+            sink += (double)archive_cell_at(a, pos);
+        }
+        t[r] = (now_ns() - t0) / ROUND;
+    }
+    out->draw = median(t, ROUNDS);
+    archive_elite e;
+    for (int r = 0; r < ROUNDS; r++) {
+        double t0 = now_ns();
+        for (size_t i = 0; i < ROUND; i++) {
+            size_t pos;
+            archive_sample(a, g, 1, 1, &pos);
+            archive_elite_at(a, pos, &e);
+            sink += e.objective + e.measures[3] + e.commit_hash[39];
+        }
+        t[r] = (now_ns() - t0) / ROUND;
+    }
+    out->sample_read = median(t, ROUNDS);
+    for (int r = 0; r < ROUNDS; r++) {
+        double t0 = now_ns(), chain = 0.0;
+        for (size_t i = 0; i < ROUND; i++) {
+            size_t pos;
+            rng_t *wait = g + (size_t)(0.0 * chain);   /* the draw waits for the last elite */
+            wait_for_previous();
+            archive_sample(a, wait, 1, 1, &pos);
+            archive_elite_at(a, pos, &e);
+            chain = e.objective + e.measures[3] + e.commit_hash[39];
+            sink += chain;
+        }
+        t[r] = (now_ns() - t0) / ROUND;
+    }
+    out->sample_read_isolated = median(t, ROUNDS);
+    for (int r = 0; r < ROUNDS; r++) {   /* archive_sample(100), then read each */
+        double t0 = now_ns();
+        for (size_t i = 0; i < ROUND; i += 100) {
+            size_t pos[100];
+            archive_sample(a, g, 100, 1, pos);
+            for (size_t k = 0; k < 100; k++) {
+                archive_elite_at(a, pos[k], &e);
+                sink += e.objective + e.measures[3] + e.commit_hash[39];
+            }
+        }
+        t[r] = (now_ns() - t0) / ROUND;
+    }
+    out->sample_many_read = median(t, ROUNDS);
+
+    /* neighbours at radius 3 around a random occupied cell */
+    archive_cell_list list = {0};
+    archive_error err;
+    enum { NB = 2000 };
+    static double tn[NB];
+    size_t found = 0;
+    for (int r = 0; r < NB; r++) {
+        uint64_t centre = f.occupied[rng_below(g, f.count)];
+        double t0 = now_ns();
+        archive_neighbours(a, centre, 3, ARCHIVE_NEIGHBOURS_AUTO, &list, &err);
+        tn[r] = now_ns() - t0;
+        found += list.count;
+    }
+    out->neighbours = median(tn, NB) / 1000.0;
+    out->found = found / NB;
+    archive_cell_list_free(&list);
+
+    /* adds into empty cells (status 2), last since they change the archive; capacity
+     * reserved first (growth is amortised: see the fill figure) */
+    archive_reserve(a, archive_size(a) + (n > 100000 ? 3 * NEW_ROUNDS : 1) * ROUND, &err);
+    for (int r = 0; r < NEW_ROUNDS; r++) {
+        prepare_new(&f, n, g, b);
+        t[r] = time_adds(a, b);
+    }
+    out->add_new = median(t, NEW_ROUNDS);
+    for (int r = 0; r < NEW_ROUNDS; r++) {
+        prepare_new(&f, n, g, b);
+        t[r] = time_add_many(a, b);
+    }
+    out->batch_new = median(t, NEW_ROUNDS);
+    for (int r = 0; r < NEW_ROUNDS; r++) {
+        prepare_new(&f, n, g, b);
+        t[r] = time_adds_isolated(a, b);
+    }
+    out->add_new_isolated = median(t, NEW_ROUNDS);
+
+    if (sink == 12345.678)
+        printf(" ");
+    fixture_free(&f);
+}
+
+static void print_table(const size_t *sizes, size_t count, rng_t *g, batch *b)
+{
+    printf("archive benchmark: 32^4 grid; ns per operation, medians of rounds of %d\n", ROUND);
+    printf("%-8s | %-19s | %-17s | %-17s | %-35s | %s\n", "", "single add, b2b",
+           "batch add/elite", "single add, isol.", "sample one elite", "neighbours");
+    printf("%-8s | %9s %9s | %8s %8s | %8s %8s | %8s %8s %8s %8s | %s\n", "elites",
+           "occupied", "new", "occupied", "new", "occupied", "new", "draw", "+read",
+           "isolated", "of 100", "r=3 (us)");
+    for (size_t i = 0; i < count; i++) {
+        figures fg;
+        bench_occupancy(sizes[i], g, b, &fg);
+        printf("%-8zu | %9.1f %9.1f | %8.1f %8.1f | %8.1f %8.1f | %8.1f %8.1f %8.1f %8.1f | "
+               "%.2f (%zu found)\n",
+               sizes[i], fg.add_occupied, fg.add_new, fg.batch_occupied, fg.batch_new,
+               fg.add_occupied_isolated, fg.add_new_isolated, fg.draw, fg.sample_read,
+               fg.sample_read_isolated, fg.sample_many_read, fg.neighbours, fg.found);
+        fflush(stdout);
+    }
 }
 
 static long rss_kb(const char *field)
@@ -116,102 +391,6 @@ static long rss_kb(const char *field)
     if (f)
         fclose(f);
     return v;
-}
-
-static void bench_occupancy(size_t n, rng_t *g, batch *b)
-{
-    archive_t *a = filled(n, g, b);
-    archive_error err;
-    enum { ROUNDS = 200 };
-    double t[ROUNDS];
-    size_t size = archive_size(a);
-
-    /* single add into occupied cells (status 0 or 1: occupancy stays n) */
-    for (int r = 0; r < ROUNDS; r++) {
-        for (size_t i = 0; i < ROUND; i++)
-            fill_entry(b, i, archive_cell_at(a, rng_below(g, size)), g);
-        double t0 = now_ns();
-        for (size_t i = 0; i < ROUND; i++)
-            archive_add(a, &b->e[i], &b->r[i], &err);
-        t[r] = (now_ns() - t0) / ROUND;
-    }
-    double add_occupied = median(t, ROUNDS);
-
-    /* batch add into occupied cells, per elite */
-    for (int r = 0; r < ROUNDS; r++) {
-        for (size_t i = 0; i < ROUND; i++)
-            fill_entry(b, i, archive_cell_at(a, rng_below(g, size)), g);
-        double t0 = now_ns();
-        archive_add_many(a, b->e, ROUND, b->r, &err);
-        t[r] = (now_ns() - t0) / ROUND;
-    }
-    double batch_occupied = median(t, ROUNDS);
-
-    /* single add into empty cells (status 2): 10 rounds, capacity reserved first (growth
-     * is amortised and reported by the fill below) */
-    enum { NEW_ROUNDS = 10 };
-    archive_reserve(a, archive_size(a) + NEW_ROUNDS * ROUND, &err);
-    for (int r = 0; r < NEW_ROUNDS; r++) {
-        size_t k = 0;
-        while (k < ROUND) {   /* empty cells only */
-            uint64_t cell = rng_below(g, archive_cells(a));
-            archive_elite probe;
-            if (!archive_get(a, cell, &probe))
-                fill_entry(b, k++, cell, g);
-        }
-        double t0 = now_ns();
-        for (size_t i = 0; i < ROUND; i++)
-            archive_add(a, &b->e[i], &b->r[i], &err);
-        t[r] = (now_ns() - t0) / ROUND;
-    }
-    double add_new = median(t, NEW_ROUNDS);
-    size = archive_size(a);
-
-    /* uniform sample of one elite: the draw (position and cell), then with every field */
-    double sink = 0;
-    for (int r = 0; r < ROUNDS; r++) {
-        double t0 = now_ns();
-        for (size_t i = 0; i < ROUND; i++) {
-            size_t pos;
-            archive_sample(a, g, 1, 1, &pos);
-            sink += (double)archive_cell_at(a, pos);
-        }
-        t[r] = (now_ns() - t0) / ROUND;
-    }
-    double sample = median(t, ROUNDS);
-    archive_elite e;
-    for (int r = 0; r < ROUNDS; r++) {
-        double t0 = now_ns();
-        for (size_t i = 0; i < ROUND; i++) {
-            size_t pos;
-            archive_sample(a, g, 1, 1, &pos);
-            archive_elite_at(a, pos, &e);
-            sink += e.objective + e.commit_hash[7];
-        }
-        t[r] = (now_ns() - t0) / ROUND;
-    }
-    double sample_read = median(t, ROUNDS);
-
-    /* neighbours at radius 3 around a random occupied cell */
-    archive_cell_list list = {0};
-    enum { NB = 2000 };
-    static double tn[NB];
-    size_t found = 0;
-    for (int r = 0; r < NB; r++) {
-        uint64_t centre = archive_cell_at(a, rng_below(g, size));
-        double t0 = now_ns();
-        archive_neighbours(a, centre, 3, ARCHIVE_NEIGHBOURS_AUTO, &list, &err);
-        tn[r] = now_ns() - t0;
-        found += list.count;
-    }
-    double neighbours = median(tn, NB);
-    archive_cell_list_free(&list);
-
-    printf("%-9zu %9.1f %9.1f %9.1f %9.1f %9.1f %9.2f  (%zu found)\n", n, add_occupied,
-           add_new, batch_occupied, sample, sample_read, neighbours / 1000.0, found / NB);
-    if (sink == 12345.678)
-        printf(" ");
-    archive_free(a);
 }
 
 /* Neighbours where the ball is far larger than the archive: 8 dimensions of 64 cells
@@ -251,8 +430,9 @@ static void bench_sparse_neighbours(size_t n, rng_t *g)
 
 static void bench_persistence(rng_t *g, batch *b)
 {
+    fixture f;
     double t0 = now_ns();
-    archive_t *a = filled(1000000, g, b);
+    fill(&f, 1000000, g, b);
     printf("fill 0 -> 10^6 elites with add_many, growth included: %.0f ns per elite "
            "(entry preparation included)\n", (now_ns() - t0) / 1e6);
     enum { RUNS = 5 };
@@ -262,7 +442,7 @@ static void bench_persistence(rng_t *g, batch *b)
     for (int r = 0; r < RUNS; r++) {
         unsigned char *blob;
         t0 = now_ns();
-        if (archive_save(a, &blob, &len, &err) != 0)
+        if (archive_save(f.a, &blob, &len, &err) != 0)
             exit(1);
         ts[r] = now_ns() - t0;
         archive_t *back;
@@ -278,7 +458,7 @@ static void bench_persistence(rng_t *g, batch *b)
     printf("save 10^6 elites: %.0f ms (median of %d), blob %.1f MB\n", median(ts, RUNS) / 1e6,
            RUNS, (double)len / 1e6);
     printf("load 10^6 elites: %.0f ms (median of %d)\n", median(tl, RUNS) / 1e6, RUNS);
-    archive_free(a);
+    fixture_free(&f);
 }
 
 static void bench_rss(void)
@@ -287,12 +467,17 @@ static void bench_rss(void)
     rng_seed(&g, 1);
     batch *b = malloc(sizeof *b);
     long before = rss_kb("VmRSS:");
-    archive_t *a = filled(1000000, &g, b);
+    fixture f;
+    fill(&f, 1000000, &g, b);
+    free(f.occupied);   /* the benchmark's own tables (mapped, so returned at once) */
+    free(f.taken);
+    f.occupied = NULL;
+    f.taken = NULL;
     long after = rss_kb("VmRSS:");
     printf("resident memory with 10^6 elites: %.1f MB (process), %.1f MB for the archive; "
-           "peak %.1f MB\n",
+           "peak %.1f MB (the benchmark's own 9 MB of tables included)\n",
            after / 1024.0, (after - before) / 1024.0, rss_kb("VmHWM:") / 1024.0);
-    archive_free(a);
+    fixture_free(&f);
     free(b);
 }
 
@@ -305,13 +490,31 @@ int main(int argc, char **argv)
     rng_t g;
     rng_seed(&g, 20251129);
     batch *b = malloc(sizeof *b);
-    printf("archive benchmark: 32^4 grid, medians of rounds of %d operations\n", ROUND);
-    printf("%-9s %9s %9s %9s %9s %9s %9s\n", "occupied", "add", "add new", "batch/el",
-           "sample", "+read", "nbr r=3");
-    printf("%-9s %9s %9s %9s %9s %9s %9s\n", "cells", "ns", "ns", "ns", "ns", "ns", "us");
+    if (argc > 1 && strcmp(argv[1], "persist") == 0) {
+        bench_persistence(&g, b);
+        free(b);
+        return 0;
+    }
+    if (argc > 1) {   /* only the table, for the sizes given */
+        size_t sizes[16], count = 0;
+        for (int i = 1; i < argc && count < 16; i++) {
+            if (strncmp(argv[i], "metadata=", 9) == 0) {
+                metadata_size = strtoull(argv[i] + 9, NULL, 10);
+                if (metadata_size * 5 / 4 > sizeof metadata_text)
+                    metadata_size = sizeof metadata_text * 4 / 5;
+                memset(metadata_text, 'm', sizeof metadata_text);
+                printf("metadata: %zu to %zu bytes per elite\n", metadata_size * 3 / 4,
+                       metadata_size * 5 / 4 - 1);
+                continue;
+            }
+            sizes[count++] = strtoull(argv[i], NULL, 10);
+        }
+        print_table(sizes, count, &g, b);
+        free(b);
+        return 0;
+    }
     size_t sizes[] = {1000, 100000, 1000000};
-    for (size_t i = 0; i < 3; i++)
-        bench_occupancy(sizes[i], &g, b);
+    print_table(sizes, 3, &g, b);
     bench_sparse_neighbours(1000, &g);
     bench_sparse_neighbours(100000, &g);
     bench_persistence(&g, b);

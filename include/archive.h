@@ -4,13 +4,14 @@
  * (CVT) archive with the same interface. Pure C, no Lua.
  *
  * Storage. Only occupied cells are stored: a dense array of elites (uniform sampling and
- * iteration in O(1) per elite, in insertion order) and two open-addressing hash maps, one
- * from the 64-bit cell index to the elite's position, one from blocks of 64 consecutive
- * cells to an occupancy bitmap (neighbour queries). An elite's record holds its commit
- * hash when it is short (a hex SHA-1 is packed to 20 bytes); metadata, an explicit
- * solution and long hashes live in one byte arena per archive. A grid of up to
- * 2^63 - 1 cells works as well as a small one; the memory is proportional to the
- * number of elites (about 112 bytes per Loreley elite on the default grid).
+ * iteration in O(1) per elite, in insertion order), a map from the cell index to the
+ * elite's position and threshold (hashed, or a table of one slot per cell once that is
+ * no larger), and a map from blocks of 64 consecutive cells to an occupancy bitmap
+ * (neighbour queries). An elite's record holds its commit hash when it is short (a hex
+ * SHA-1 is packed to 20 bytes); metadata, an explicit solution and long hashes live in
+ * one byte arena per archive. A grid of up to 2^63 - 1 cells works as well as a small
+ * one; the memory is proportional to the number of elites (about 112 bytes per Loreley
+ * elite on the default grid).
  *
  * Semantics (pyribs 0.8.3, single-solution adds as Loreley makes them):
  *  - grid index per dimension g = (C*(m - lo) + epsilon) / (hi - lo), truncated and
@@ -198,6 +199,8 @@ void archive_clear(archive_t *a);
  * every draw is rng_below(size) and n may be anything (0 if the archive is empty);
  * without, a Fisher-Yates prefix over positions 0..size-1 gives min(n, size) distinct
  * positions. Returns how many were written. Deterministic for a given generator state.
+ * The records of the first 256 drawn are prefetched, so reading them right afterwards
+ * waits for memory about once, not once per elite.
  */
 size_t archive_sample(const archive_t *a, rng_t *rng, size_t n, int replace, size_t *out);
 

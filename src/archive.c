@@ -7,13 +7,20 @@
  *            bytes, flags, the offset of an arena entry) followed by D measures. A
  *            Loreley elite (40-digit hash, solution = measures, no metadata) is one
  *            record and nothing else, so reading or sampling it touches one place;
- *   cellmap  open addressing (linear probing) from cell to dense position; a slot is
- *            (32-bit hash tag << 32) | (position + 1), 0 = empty. A tag match is
- *            confirmed against the record, which an add reads anyway;
- *   blockmap open addressing from block = cell / 64 to a 64-bit occupancy bitmap, so a
- *            neighbour query reads one small, cache-resident table per run of cells;
+ *   cellmap  from cell to its elite, in 16-byte slots: the threshold, a key and the
+ *            position + 1 (0 = empty). Everything an add decides on is in the slot, so a
+ *            rejected add reads one cache line and an improvement only writes its record
+ *            (in plain MAP-Elites, where a threshold is its objective).
+ *            Hashed (linear probing, load <= 3/4) while small; once a hashed table would
+ *            have as many slots as the grid has cells, a direct table indexed by the
+ *            cell instead (16 MB for 32^4 cells, from 393,217 elites on), no larger and
+ *            never probed. The key is the cell itself when cells fit in 32 bits, else
+ *            the low half of its hash, confirmed against the record;
+ *   blockmap from block = cell / 64 to a 64-bit occupancy bitmap, so a neighbour query
+ *            reads one word per run of cells: hashed while small, a direct array of one
+ *            word per block once that is no larger (128 KB for 32^4 cells);
  *   arena    what does not fit the record (metadata, an explicit solution, a long
- *            commit hash), as 8-byte aligned entries.
+ *            commit hash), as 8-byte aligned entries, each after a tag naming its elite.
  *
  * Entry (in the arena, and per elite in a saved blob, where the hash is always present):
  *              [flags u8][stored hash length u8][hash bytes]
@@ -22,10 +29,11 @@
  *              padded to a multiple of 8.
  * A commit hash of lower-case hex digits of even length is stored packed (two digits
  * a byte): a 40-digit SHA-1 takes 20 bytes. A solution bit-identical to the measures
- * (what Loreley stores) is a flag, not a copy. An improved elite's entry is rewritten in
- * place when the new one fits, else appended; the arena is compacted when more than half
- * of it is garbage. Tables of 4 MB and more get their own mappings with transparent huge
- * pages, since random access over 100 MB otherwise misses the TLB almost every time.
+ * (what Loreley stores) is a flag, not a copy. An elite that changes gets a new entry;
+ * the old one is garbage until the arena fills up and is compacted (arena_reserve), so
+ * no add reads an old entry. Tables of 4 MB and more get their own mappings with
+ * transparent huge pages, since random access over 100 MB otherwise misses the TLB
+ * almost every time.
  *
  * The implementation assumes a little-endian host (x86-64, aarch64): blobs are
  * little-endian and written with memcpy.
@@ -67,7 +75,7 @@ typedef struct elite_head {
     double objective;
     double threshold;
     double timestamp;
-    uint64_t extra;              /* 1 + offset of the elite's arena entry; 0 = none */
+    uint64_t extra;              /* 1 + offset of the elite's arena tag; 0 = none */
     uint8_t flags;
     uint8_t hash_len;            /* inline bytes */
     uint8_t hash[INLINE_HASH];
@@ -76,6 +84,23 @@ typedef struct elite_head {
 _Static_assert(sizeof(elite_head) == 64, "an elite head is one cache line");
 
 #define HEAD_WORDS (sizeof(elite_head) / sizeof(uint64_t))
+
+/* What the cell index needs of one grid dimension, together in one place. */
+typedef struct grid_axis {
+    double cells;            /* (double)cells_per_dimension */
+    double lower;
+    double span;             /* upper - lower */
+    uint64_t last;           /* cells_per_dimension - 1 */
+} grid_axis;
+
+/* One slot of the cell map: what an add needs to decide, in 16 bytes. */
+typedef struct cell_slot {
+    double threshold;        /* the occupant's threshold (a rejected add reads nothing else) */
+    uint32_t key;            /* see slot_key */
+    uint32_t pos1;           /* dense position + 1; 0 = empty */
+} cell_slot;
+
+_Static_assert(sizeof(cell_slot) == 16, "four cell slots to a cache line");
 
 typedef struct block_slot {
     uint64_t key;            /* block + 1; 0 = empty */
@@ -90,6 +115,7 @@ struct archive {
     double *lower, *upper;
     uint64_t *grid_dims;     /* grid: cells per dimension */
     uint64_t *strides;       /* grid: ravel strides (last dimension 1) */
+    grid_axis *axes;         /* grid: per dimension, for the cell index */
     double *centroids;       /* cvt: cells x dim */
     cvt_tree *tree;          /* cvt */
 
@@ -98,16 +124,24 @@ struct archive {
     size_t stride;           /* words per record */
     size_t count, capacity;
 
-    uint64_t *cellmap;
-    size_t cellmap_mask;
-    unsigned cellmap_shift;
+    cell_slot *slots;        /* the cell map (see cellmap_reserve) */
+    size_t slot_count;       /* slots allocated */
+    size_t slot_mask;        /* hashed: slot_count - 1 */
+    size_t slot_limit;       /* elites the table holds before it must grow */
+    unsigned slot_shift;     /* hashed: 64 - log2(slot_count) */
+    int direct;              /* slot index = cell */
+    int exact_keys;          /* cells <= 2^32: a slot's key is its cell */
+    int thresholds_are_objectives;   /* every elite's threshold has its objective's bits */
 
     block_slot *blockmap;
     size_t blockmap_mask, blockmap_count;
+    size_t blockmap_limit;   /* blocks the table holds before it must grow (load 3/4) */
     unsigned blockmap_shift;
+    uint64_t *block_bits;    /* direct: one word per block, replacing the hashed table */
+    size_t block_words;
 
     unsigned char *arena;
-    size_t arena_used, arena_capacity, arena_garbage;
+    size_t arena_used, arena_capacity;
 
     /* running stats, as pyribs keeps them */
     double objective_sum;
@@ -214,34 +248,60 @@ void archive_options_defaults(archive_options *o)
 
 /* --- maps ------------------------------------------------------------------------------ */
 
-/* Position of cell, or SIZE_MAX. */
-static inline size_t cellmap_find(const archive_t *a, uint64_t cell)
+/* The key a slot stores for cell: the cell itself when every cell fits in 32 bits (so a
+ * match is exact), else the low half of its hash (a match is confirmed on the record). */
+static inline uint32_t slot_key(const archive_t *a, uint64_t cell, uint64_t hash)
 {
-    uint64_t h = mix64(cell);
-    uint64_t tag = h & 0xffffffffu;
-    size_t i = (size_t)(h >> a->cellmap_shift);
+    return a->exact_keys ? (uint32_t)cell : (uint32_t)hash;
+}
+
+/* The home slot of cell. */
+static inline size_t slot_home(const archive_t *a, uint64_t cell, uint64_t *hash)
+{
+    if (a->direct)
+        return (size_t)cell;
+    *hash = mix64(cell);
+    return (size_t)(*hash >> a->slot_shift);
+}
+
+/*
+ * The slot of cell when it is occupied (*found = 1), else the empty slot where it would
+ * go (*found = 0). A direct table answers at the home slot; a hashed one probes linearly
+ * (load <= 3/4), comparing keys in the slots and, for grids over 2^32 cells, confirming a
+ * key match on the record.
+ */
+static inline cell_slot *slot_probe(const archive_t *a, uint64_t cell, int *found)
+{
+    uint64_t hash = 0;
+    size_t i = slot_home(a, cell, &hash);
+    uint32_t key = slot_key(a, cell, hash);
     for (;;) {
-        uint64_t s = a->cellmap[i];
-        if (s == 0)
-            return SIZE_MAX;
-        if ((s >> 32) == tag) {
-            size_t pos = (size_t)(s & 0xffffffffu) - 1;
-            if (head_at(a, pos)->cell == cell)
-                return pos;
+        cell_slot *s = &a->slots[i];
+        if (s->pos1 == 0) {
+            *found = 0;
+            return s;
         }
-        i = (i + 1) & a->cellmap_mask;
+        if (s->key == key && (a->exact_keys || head_at(a, s->pos1 - 1)->cell == cell)) {
+            *found = 1;
+            return s;
+        }
+        i = (i + 1) & a->slot_mask;
     }
 }
 
-/* Inserts cell -> pos into a table known to have room and not to hold cell. */
-static inline void cellmap_put(uint64_t *slots, size_t mask, unsigned shift, uint64_t cell,
-                               size_t pos)
+/* Position of cell, or SIZE_MAX. */
+static inline size_t cellmap_find(const archive_t *a, uint64_t cell)
 {
-    uint64_t h = mix64(cell);
-    size_t i = (size_t)(h >> shift);
-    while (slots[i] != 0)
-        i = (i + 1) & mask;
-    slots[i] = (h & 0xffffffffu) << 32 | (uint64_t)(pos + 1);
+    int found;
+    cell_slot *s = slot_probe(a, cell, &found);
+    return found ? (size_t)s->pos1 - 1 : SIZE_MAX;
+}
+
+/* The address of cell's home slot, for prefetching. */
+static inline const cell_slot *slot_home_address(const archive_t *a, uint64_t cell)
+{
+    uint64_t hash;
+    return &a->slots[slot_home(a, cell, &hash)];
 }
 
 /* The smallest b with 2^b >= n. */
@@ -253,31 +313,54 @@ static unsigned log2_exact(size_t n)
     return b;
 }
 
-/* Makes room for `needed` elites in the cell map (load factor <= 3/4). */
+/*
+ * Makes room for `needed` elites in the cell map. A hashed table doubles while its load
+ * would pass 3/4; once it would have as many slots as the archive has cells (and keys are
+ * exact), it becomes a direct table of one slot per cell instead, no larger and never
+ * probed, which then never grows again. Rebuilding reads every record in dense order.
+ */
 static int cellmap_reserve(archive_t *a, size_t needed)
 {
-    size_t cap = a->cellmap ? a->cellmap_mask + 1 : 0;
-    if (cap && needed <= cap / 4 * 3)
+    if (a->direct || (a->slots && needed <= a->slot_limit))
         return 0;
-    size_t ncap = cap ? cap : 16;
-    while (needed > ncap / 4 * 3)
-        ncap *= 2;
-    uint64_t *slots = region_alloc(ncap * sizeof *slots);
+    size_t cap = a->slots ? a->slot_mask + 1 : 16;
+    while (needed > cap / 4 * 3)
+        cap *= 2;
+    int direct = a->exact_keys && a->cells <= cap;
+    size_t count = direct ? (size_t)a->cells : cap;
+    cell_slot *slots = region_alloc(count * sizeof *slots);
     if (!slots)
         return -1;
-    unsigned shift = 64 - log2_exact(ncap);
-    for (size_t pos = 0; pos < a->count; pos++)
-        cellmap_put(slots, ncap - 1, shift, head_at(a, pos)->cell, pos);
-    region_free(a->cellmap, cap * sizeof *slots);
-    a->cellmap = slots;
-    a->cellmap_mask = ncap - 1;
-    a->cellmap_shift = shift;
+    archive_t next = *a;
+    next.slots = slots;
+    next.direct = direct;
+    next.slot_mask = direct ? SIZE_MAX : cap - 1;
+    next.slot_shift = direct ? 0 : 64 - log2_exact(cap);
+    next.slot_limit = direct ? (size_t)a->cells : cap / 4 * 3;
+    for (size_t pos = 0; pos < a->count; pos++) {
+        const elite_head *h = head_at(a, pos);
+        int found;
+        cell_slot *s = slot_probe(&next, h->cell, &found);
+        uint64_t hash = mix64(h->cell);
+        s->threshold = h->threshold;
+        s->key = slot_key(a, h->cell, hash);
+        s->pos1 = (uint32_t)(pos + 1);
+    }
+    region_free(a->slots, a->slot_count * sizeof *slots);
+    a->slots = slots;
+    a->slot_count = count;
+    a->direct = direct;
+    a->slot_mask = next.slot_mask;
+    a->slot_shift = next.slot_shift;
+    a->slot_limit = next.slot_limit;
     return 0;
 }
 
 /* The occupancy bitmap of block (cells 64*block .. 64*block + 63); 0 when none. */
 static inline uint64_t blockmap_get(const archive_t *a, uint64_t block)
 {
+    if (a->block_bits)
+        return a->block_bits[block];
     size_t i = (size_t)(mix64(block) >> a->blockmap_shift);
     for (;;) {
         const block_slot *s = &a->blockmap[i];
@@ -289,11 +372,32 @@ static inline uint64_t blockmap_get(const archive_t *a, uint64_t block)
     }
 }
 
-/* Doubles the block map (or creates it with 16 slots) and re-inserts every block. */
+/*
+ * Doubles the hashed block map (or creates it with 16 slots) and re-inserts every block.
+ * When the doubled table would take at least as many bytes as one word per block of the
+ * whole grid, the map becomes that direct array instead (128 KB for 32^4 cells, from a
+ * few thousand elites on), which never grows again.
+ */
 static int blockmap_grow(archive_t *a)
 {
     size_t cap = a->blockmap ? a->blockmap_mask + 1 : 0;
     size_t ncap = cap ? cap * 2 : 16;
+    uint64_t words = a->cells / 64 + 1;
+    if ((uint64_t)ncap * sizeof(block_slot) >= words * sizeof(uint64_t)) {
+        uint64_t *bits = region_alloc((size_t)words * sizeof *bits);
+        if (!bits)
+            return -1;
+        for (size_t k = 0; k < cap; k++)
+            if (a->blockmap[k].key != 0)
+                bits[a->blockmap[k].key - 1] = a->blockmap[k].bits;
+        region_free(a->blockmap, cap * sizeof *a->blockmap);
+        a->blockmap = NULL;
+        a->blockmap_mask = 0;
+        a->block_bits = bits;
+        a->block_words = (size_t)words;
+        a->blockmap_limit = SIZE_MAX;
+        return 0;
+    }
     block_slot *slots = region_alloc(ncap * sizeof *slots);
     if (!slots)
         return -1;
@@ -309,14 +413,19 @@ static int blockmap_grow(archive_t *a)
     region_free(a->blockmap, cap * sizeof *slots);
     a->blockmap = slots;
     a->blockmap_mask = ncap - 1;
+    a->blockmap_limit = ncap / 4 * 3;
     a->blockmap_shift = shift;
     return 0;
 }
 
 /* Marks cell occupied. The map must have room for one more block (blockmap_reserve). */
-static void blockmap_set(archive_t *a, uint64_t cell)
+static inline void blockmap_set(archive_t *a, uint64_t cell)
 {
     uint64_t block = cell >> 6;
+    if (a->block_bits) {
+        a->block_bits[block] |= (uint64_t)1 << (cell & 63);
+        return;
+    }
     size_t i = (size_t)(mix64(block) >> a->blockmap_shift);
     for (;;) {
         block_slot *s = &a->blockmap[i];
@@ -334,11 +443,18 @@ static void blockmap_set(archive_t *a, uint64_t cell)
     }
 }
 
+/* The address cell's block starts its lookup at, for prefetching. */
+static inline const void *blockmap_home_address(const archive_t *a, uint64_t cell)
+{
+    if (a->block_bits)
+        return &a->block_bits[cell >> 6];
+    return &a->blockmap[(size_t)(mix64(cell >> 6) >> a->blockmap_shift)];
+}
+
 /* Makes room for one more block (load factor <= 3/4). */
 static int blockmap_reserve(archive_t *a)
 {
-    size_t cap = a->blockmap ? a->blockmap_mask + 1 : 0;
-    if (cap && a->blockmap_count + 1 <= cap / 4 * 3)
+    if ((a->blockmap || a->block_bits) && a->blockmap_count < a->blockmap_limit)
         return 0;
     return blockmap_grow(a);
 }
@@ -352,15 +468,93 @@ static const unsigned char hex_digit[256] = {
     ['c'] = 13, ['d'] = 14, ['e'] = 15, ['f'] = 16,
 };
 
-/* Lower-case hex of even length: stored as n/2 bytes and unpacked exactly. */
-static int is_packable_hex(const char *s, size_t n)
+/*
+ * Hex digits 16 characters (8 packed bytes) at a time, with GCC vector extensions (SSE2
+ * on x86-64, NEON on aarch64; plain code elsewhere). A u16 lane holds two characters, the
+ * first in its low byte (little endian).
+ */
+typedef unsigned char u8x16 __attribute__((vector_size(16)));
+typedef unsigned char u8x8 __attribute__((vector_size(8)));
+typedef uint16_t u16x8 __attribute__((vector_size(16)));
+
+/* Packs 16 characters into 8 bytes; 0 when one is not a lower-case hex digit. */
+static inline int hex16_pack(unsigned char *out, const char *s)
+{
+    u8x16 c;
+    memcpy(&c, s, 16);
+    u8x16 digit = c - '0', letter = c - 'a';
+    u8x16 is_digit = (u8x16)(digit < 10), is_letter = (u8x16)(letter < 6);
+    uint64_t ok[2];
+    u8x16 either = is_digit | is_letter;
+    memcpy(ok, &either, 16);
+    if ((ok[0] & ok[1]) != UINT64_MAX)
+        return 0;
+    u8x16 values = (digit & is_digit) | ((letter + 10) & is_letter);
+    u16x8 pairs;
+    memcpy(&pairs, &values, 16);
+    pairs = ((pairs << 4) & 0xf0) | (pairs >> 8);
+    u8x8 packed = __builtin_convertvector(pairs, u8x8);
+    memcpy(out, &packed, 8);
+    return 1;
+}
+
+/* The 16 lower-case hex characters of 8 packed bytes. */
+static inline void hex16_unpack(char *out, const unsigned char *in)
+{
+    u8x8 packed;
+    memcpy(&packed, in, 8);
+    u16x8 pairs = __builtin_convertvector(packed, u16x8);
+    pairs = (pairs >> 4) | ((pairs & 0x0f) << 8);
+    u8x16 values;
+    memcpy(&values, &pairs, 16);
+    u8x16 chars = values + '0' + ((u8x16)(values > 9) & ('a' - '0' - 10));
+    memcpy(out, &chars, 16);
+}
+
+/* Packs s (n characters) into n/2 bytes at out when s is lower-case hex of even length,
+ * which then unpacks exactly; returns 0 otherwise (out holds garbage then). A last
+ * block of 16 overlaps the one before it. */
+static int pack_hex(unsigned char *out, const char *s, size_t n)
 {
     if (n == 0 || n % 2 != 0)
         return 0;
-    unsigned char ok = 1;
-    for (size_t i = 0; i < n; i++)
-        ok &= hex_digit[(unsigned char)s[i]] != 0;
-    return ok;
+    if (n >= 16) {
+        for (size_t i = 0;; i += 16) {
+            if (i + 16 > n)
+                i = n - 16;
+            if (!hex16_pack(out + i / 2, s + i))
+                return 0;
+            if (i + 16 == n)
+                return 1;
+        }
+    }
+    for (size_t i = 0; i < n; i += 2) {
+        unsigned high = hex_digit[(unsigned char)s[i]], low = hex_digit[(unsigned char)s[i + 1]];
+        if (!high || !low)
+            return 0;
+        out[i / 2] = (unsigned char)((high - 1) << 4 | (low - 1));
+    }
+    return 1;
+}
+
+/* Writes the 2n hex characters of n packed bytes; returns 2n. */
+static size_t unpack_hex(char *out, const unsigned char *packed, size_t n)
+{
+    if (n >= 8) {
+        for (size_t i = 0;; i += 8) {
+            if (i + 8 > n)
+                i = n - 8;
+            hex16_unpack(out + 2 * i, packed + i);
+            if (i + 8 == n)
+                return 2 * n;
+        }
+    }
+    static const char digits[] = "0123456789abcdef";
+    for (size_t i = 0; i < n; i++) {
+        out[2 * i] = digits[packed[i] >> 4];
+        out[2 * i + 1] = digits[packed[i] & 15];
+    }
+    return 2 * n;
 }
 
 static inline size_t align8(size_t n)
@@ -371,8 +565,16 @@ static inline size_t align8(size_t n)
 /* Bit-identical, so the flag restores the exact doubles (signed zeros included). */
 static int solution_is_measures(const archive_t *a, const archive_entry *e)
 {
-    return e->solution && e->solution_len == a->dim &&
-           memcmp(e->solution, e->measures, a->dim * sizeof(double)) == 0;
+    if (!e->solution || e->solution_len != a->dim)
+        return 0;
+    uint64_t differ = 0;
+    for (size_t d = 0; d < a->dim; d++) {
+        uint64_t x, y;
+        memcpy(&x, e->solution + d, 8);
+        memcpy(&y, e->measures + d, 8);
+        differ |= x ^ y;
+    }
+    return differ == 0;
 }
 
 /* How an entry is stored, decided once per entry. */
@@ -380,40 +582,15 @@ typedef struct entry_plan {
     int packable;        /* the hash is lower-case hex of even length */
     int inline_hash;     /* the hash fits the record */
     int sol_measures;    /* the solution is bit-identical to the measures */
+    unsigned char packed[ARCHIVE_MAX_COMMIT_HASH / 2 + 1];   /* the packed hash */
 } entry_plan;
 
-static entry_plan plan_entry(const archive_t *a, const archive_entry *e)
+static void plan_entry(const archive_t *a, const archive_entry *e, entry_plan *p)
 {
-    entry_plan p;
-    p.packable = is_packable_hex(e->commit_hash, e->commit_hash_len);
-    p.inline_hash = (p.packable ? e->commit_hash_len / 2 : e->commit_hash_len) <= INLINE_HASH;
-    p.sol_measures = solution_is_measures(a, e);
-    return p;
-}
-
-static void pack_hex(unsigned char *out, const char *hex, size_t packed)
-{
-    for (size_t i = 0; i < packed; i++)
-        out[i] = (unsigned char)((hex_digit[(unsigned char)hex[2 * i]] - 1) << 4 |
-                                 (hex_digit[(unsigned char)hex[2 * i + 1]] - 1));
-}
-
-/* the two hex digits of every byte, byte b at offset 2b */
-static const char hex_pairs[513] =
-    "000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f"
-    "202122232425262728292a2b2c2d2e2f303132333435363738393a3b3c3d3e3f"
-    "404142434445464748494a4b4c4d4e4f505152535455565758595a5b5c5d5e5f"
-    "606162636465666768696a6b6c6d6e6f707172737475767778797a7b7c7d7e7f"
-    "808182838485868788898a8b8c8d8e8f909192939495969798999a9b9c9d9e9f"
-    "a0a1a2a3a4a5a6a7a8a9aaabacadaeafb0b1b2b3b4b5b6b7b8b9babbbcbdbebf"
-    "c0c1c2c3c4c5c6c7c8c9cacbcccdcecfd0d1d2d3d4d5d6d7d8d9dadbdcdddedf"
-    "e0e1e2e3e4e5e6e7e8e9eaebecedeeeff0f1f2f3f4f5f6f7f8f9fafbfcfdfeff";
-
-static size_t unpack_hex(char *out, const unsigned char *packed, size_t n)
-{
-    for (size_t i = 0; i < n; i++)
-        memcpy(out + 2 * i, hex_pairs + 2 * packed[i], 2);
-    return 2 * n;
+    p->packable = pack_hex(p->packed, e->commit_hash, e->commit_hash_len);
+    p->inline_hash =
+        (p->packable ? e->commit_hash_len / 2 : e->commit_hash_len) <= INLINE_HASH;
+    p->sol_measures = solution_is_measures(a, e);
 }
 
 /* Size of the entry for e (validated); with_hash: the entry carries the commit hash. */
@@ -439,7 +616,7 @@ static void entry_write(unsigned char *p, const archive_entry *e, const entry_pl
     if (with_hash && plan->packable) {
         flags |= ENTRY_HEX;
         size_t packed = e->commit_hash_len / 2;
-        pack_hex(p + n, e->commit_hash, packed);
+        memcpy(p + n, plan->packed, packed);
         p[1] = (unsigned char)packed;
         n += packed;
     } else if (with_hash) {
@@ -513,57 +690,67 @@ static void entry_read(const unsigned char *p, entry_view *v)
     v->size = align8(n);
 }
 
-/* Size of the arena entry of the elite h, 0 when it has none. */
-static size_t entry_size_at(const archive_t *a, const elite_head *h)
+/*
+ * In the arena every entry follows an 8-byte tag: the position of the elite it was
+ * written for and the entry's size. A record's `extra` is 1 + the offset of its tag. An
+ * elite that changes gets a new entry at the end; the old one stays as garbage until the
+ * arena is full, when it is compacted instead of grown (arena_reserve). So an add never
+ * reads a previous entry (nor the record pointing at it) to reuse or account for it.
+ */
+typedef struct arena_tag {
+    uint32_t pos;
+    uint32_t size;           /* of the entry after the tag, a multiple of 8 */
+} arena_tag;
+
+_Static_assert(sizeof(arena_tag) == 8, "an arena tag keeps entries 8-aligned");
+
+/* The entry of the elite h (which has one). */
+static inline const unsigned char *entry_at(const archive_t *a, const elite_head *h)
 {
-    if (!h->extra)
-        return 0;
-    entry_view v;
-    entry_read(a->arena + h->extra - 1, &v);
-    return v.size;
+    return a->arena + h->extra - 1 + sizeof(arena_tag);
 }
 
-/* Makes room for `extra` more bytes at the end of the arena (doubling). */
+/*
+ * Makes room for `extra` more bytes at the end of the arena. A full arena is compacted
+ * rather than grown as is: its live entries (those whose elite's record still points at
+ * them) are copied, in arena order, into a fresh arena of twice their size (plus the
+ * request), which is what growing would have copied anyway: garbage never makes the
+ * arena more than twice its live entries. Walking the arena costs a look at one record
+ * per entry, paid for by the appends that filled it. On failure (no memory) nothing
+ * changed.
+ */
 static int arena_reserve(archive_t *a, size_t extra)
 {
     if (a->arena_used + extra <= a->arena_capacity)
         return 0;
-    size_t cap = a->arena_capacity ? a->arena_capacity : 4096;
-    while (cap < a->arena_used + extra)
-        cap *= 2;
-    unsigned char *grown = region_grow(a->arena, a->arena_capacity, a->arena_used, cap);
-    if (!grown)
-        return -1;
-    a->arena = grown;
-    a->arena_capacity = cap;
-    return 0;
-}
-
-/* Rewrites the arena with only the live entries, in dense order. */
-static int arena_compact(archive_t *a)
-{
-    size_t live = a->arena_used - a->arena_garbage;
-    size_t cap = 4096;
-    while (cap < live)
-        cap *= 2;
+    size_t live = 0;
+    for (size_t at = 0; at < a->arena_used;) {
+        arena_tag tag;
+        memcpy(&tag, a->arena + at, sizeof tag);
+        if (tag.pos < a->count && head_at(a, tag.pos)->extra == at + 1)
+            live += sizeof tag + tag.size;
+        at += sizeof tag + tag.size;
+    }
+    size_t cap = (2 * (live + extra) + 4095) & ~(size_t)4095;   /* so at most 2x live */
     unsigned char *fresh = region_alloc(cap);
     if (!fresh)
         return -1;
     size_t used = 0;
-    for (size_t pos = 0; pos < a->count; pos++) {
-        elite_head *h = head_at(a, pos);
-        size_t size = entry_size_at(a, h);
-        if (!size)
-            continue;
-        memcpy(fresh + used, a->arena + h->extra - 1, size);
-        h->extra = used + 1;
-        used += size;
+    for (size_t at = 0; at < a->arena_used;) {
+        arena_tag tag;
+        memcpy(&tag, a->arena + at, sizeof tag);
+        elite_head *h = tag.pos < a->count ? head_at(a, tag.pos) : NULL;
+        if (h && h->extra == at + 1) {
+            memcpy(fresh + used, a->arena + at, sizeof tag + tag.size);
+            h->extra = used + 1;
+            used += sizeof tag + tag.size;
+        }
+        at += sizeof tag + tag.size;
     }
     region_free(a->arena, a->arena_capacity);
     a->arena = fresh;
     a->arena_capacity = cap;
     a->arena_used = used;
-    a->arena_garbage = 0;
     return 0;
 }
 
@@ -606,14 +793,18 @@ static int check_bounds(size_t dim, const double *lower, const double *upper,
 }
 
 /* The parts both kinds share: bounds, options, empty maps. NULL when out of memory. */
-static archive_t *alloc_archive(archive_kind kind, size_t dim, const double *lower,
-                                const double *upper, const archive_options *options)
+static archive_t *alloc_archive(archive_kind kind, size_t dim, uint64_t cells,
+                                const double *lower, const double *upper,
+                                const archive_options *options)
 {
     archive_t *a = calloc(1, sizeof *a);
     if (!a)
         return NULL;
     a->kind = kind;
     a->dim = dim;
+    a->cells = cells;
+    a->exact_keys = cells <= (uint64_t)UINT32_MAX + 1;
+    a->thresholds_are_objectives = 1;
     a->options = *options;
     a->stride = HEAD_WORDS + dim;
     a->lower = malloc(dim * sizeof *a->lower);
@@ -652,17 +843,19 @@ int archive_new_grid(size_t dim, const uint64_t *dims, const double *lower,
                              "in 63 bits");
         total *= dims[d];
     }
-    archive_t *a = alloc_archive(ARCHIVE_GRID, dim, lower, upper, options);
+    archive_t *a = alloc_archive(ARCHIVE_GRID, dim, total, lower, upper, options);
     if (!a)
         return fail(err, "out of memory");
-    a->cells = total;
     a->grid_dims = malloc(dim * sizeof *a->grid_dims);
     a->strides = malloc(dim * sizeof *a->strides);
-    if (!a->grid_dims || !a->strides) {
+    a->axes = malloc(dim * sizeof *a->axes);
+    if (!a->grid_dims || !a->strides || !a->axes) {
         archive_free(a);
         return fail(err, "out of memory");
     }
     memcpy(a->grid_dims, dims, dim * sizeof *dims);
+    for (size_t d = 0; d < dim; d++)
+        a->axes[d] = (grid_axis){(double)dims[d], lower[d], upper[d] - lower[d], dims[d] - 1};
     uint64_t stride = 1;
     for (size_t d = dim; d-- > 0;) {
         a->strides[d] = stride;
@@ -702,10 +895,9 @@ int archive_new_cvt(const archive_cvt_config *c, const archive_options *options,
                 return fail(err, "centroid %zu, value %zu is not finite", i / dim + 1,
                             i % dim + 1);
     }
-    archive_t *a = alloc_archive(ARCHIVE_CVT, dim, c->lower, c->upper, options);
+    archive_t *a = alloc_archive(ARCHIVE_CVT, dim, k, c->lower, c->upper, options);
     if (!a)
         return fail(err, "out of memory");
-    a->cells = k;
     a->centroids = malloc(k * dim * sizeof *a->centroids);
     if (!a->centroids)
         goto oom;
@@ -733,11 +925,13 @@ void archive_free(archive_t *a)
     free(a->upper);
     free(a->grid_dims);
     free(a->strides);
+    free(a->axes);
     free(a->centroids);
     cvt_tree_free(a->tree);
     region_free(a->records, a->capacity * a->stride * sizeof(uint64_t));
-    region_free(a->cellmap, a->cellmap ? (a->cellmap_mask + 1) * sizeof *a->cellmap : 0);
+    region_free(a->slots, a->slot_count * sizeof *a->slots);
     region_free(a->blockmap, a->blockmap ? (a->blockmap_mask + 1) * sizeof *a->blockmap : 0);
+    region_free(a->block_bits, a->block_words * sizeof *a->block_bits);
     region_free(a->arena, a->arena_capacity);
     free(a);
 }
@@ -757,18 +951,17 @@ const double *archive_centroids(const archive_t *a) { return a->centroids; }
 /* The grid index of one coordinate: (C*(m - lo) + eps) / (hi - lo), evaluated in that
  * order in double, truncated and clipped to [0, C-1]. The comparisons run on the double,
  * so a value beyond any integer type clips instead of wrapping. */
-static inline uint64_t grid_coordinate(const archive_t *a, size_t d, double m)
+static inline uint64_t grid_coordinate(const grid_axis *axis, double epsilon, double m)
 {
-    double cd = (double)a->grid_dims[d];
-    double scaled = cd * (m - a->lower[d]);
-    scaled = scaled + a->options.epsilon;
-    scaled = scaled / (a->upper[d] - a->lower[d]);
+    double scaled = axis->cells * (m - axis->lower);
+    scaled = scaled + epsilon;
+    scaled = scaled / axis->span;
     if (!(scaled >= 1.0))
         return 0;   /* also (-1, 0): int cast gives 0; and everything negative clips to 0 */
-    if (scaled >= cd)
-        return a->grid_dims[d] - 1;
+    if (scaled >= axis->cells)
+        return axis->last;
     uint64_t g = (uint64_t)scaled;
-    return g < a->grid_dims[d] ? g : a->grid_dims[d] - 1;
+    return g < axis->last ? g : axis->last;
 }
 
 /* Cell of finite measures (no validation). */
@@ -776,28 +969,28 @@ static inline uint64_t cell_of(const archive_t *a, const double *m)
 {
     if (a->kind == ARCHIVE_GRID) {
         uint64_t cell = 0;
+        double epsilon = a->options.epsilon;
         for (size_t d = 0; d < a->dim; d++)
-            cell = cell * a->grid_dims[d] + grid_coordinate(a, d, m[d]);
+            cell = cell * (a->axes[d].last + 1) + grid_coordinate(&a->axes[d], epsilon, m[d]);
         return cell;
     }
     return cvt_tree_nearest(a->tree, m);
 }
 
-/* Every measure finite (pyribs raises ValueError otherwise); `where` prefixes the message. */
-static int check_measures(const archive_t *a, const double *m, archive_error *err,
-                          const char *where)
+/* Every measure finite (pyribs raises ValueError otherwise). */
+static int check_measures(const archive_t *a, const double *m, archive_error *err)
 {
     for (size_t d = 0; d < a->dim; d++)
         if (!isfinite(m[d]))
-            return fail(err, "%smeasure %zu is not finite (%.17g): all measures must be finite",
-                        where, d + 1, m[d]);
+            return fail(err, "measure %zu is not finite (%.17g): all measures must be finite",
+                        d + 1, m[d]);
     return 0;
 }
 
 int archive_index_of(const archive_t *a, const double *measures, uint64_t *cell,
                      archive_error *err)
 {
-    if (check_measures(a, measures, err, "") != 0)
+    if (check_measures(a, measures, err) != 0)
         return -1;
     *cell = cell_of(a, measures);
     return 0;
@@ -806,12 +999,10 @@ int archive_index_of(const archive_t *a, const double *measures, uint64_t *cell,
 int archive_index_of_many(const archive_t *a, const double *measures, size_t n,
                           uint64_t *cells, archive_error *err)
 {
-    char where[48];
-    for (size_t i = 0; i < n; i++) {
-        snprintf(where, sizeof where, "row %zu: ", i);
-        if (check_measures(a, measures + i * a->dim, err, where) != 0)
-            return -1;
-    }
+    archive_error inner;   /* the message gets its row only when there is one */
+    for (size_t i = 0; i < n; i++)
+        if (check_measures(a, measures + i * a->dim, &inner) != 0)
+            return fail(err, "row %zu: %s", i, inner.message);
     for (size_t i = 0; i < n; i++)
         cells[i] = cell_of(a, measures + i * a->dim);
     return 0;
@@ -835,72 +1026,87 @@ int archive_grid_coordinates(const archive_t *a, uint64_t cell, uint64_t *coords
 /* --- adding ------------------------------------------------------------------------------- */
 
 /* Validates everything about an entry before anything changes. */
-static int check_entry(const archive_t *a, const archive_entry *e, archive_error *err,
-                       const char *where)
+static int check_entry(const archive_t *a, const archive_entry *e, archive_error *err)
 {
     if (!e->commit_hash || e->commit_hash_len < 1 ||
         e->commit_hash_len > ARCHIVE_MAX_COMMIT_HASH)
-        return fail(err, "%scommit_hash must be 1 to %d bytes, got %zu", where,
+        return fail(err, "commit_hash must be 1 to %d bytes, got %zu",
                     ARCHIVE_MAX_COMMIT_HASH, e->commit_hash ? e->commit_hash_len : 0);
     if (!isfinite(e->objective))
-        return fail(err, "%sobjective is not finite (%.17g): objectives must be finite",
-                    where, e->objective);
-    if (check_measures(a, e->measures, err, where) != 0)
+        return fail(err, "objective is not finite (%.17g): objectives must be finite",
+                    e->objective);
+    if (check_measures(a, e->measures, err) != 0)
         return -1;
     if (e->solution) {
         if (e->solution_len > ARCHIVE_MAX_SOLUTION)
-            return fail(err, "%ssolution has %zu values (at most %u)", where, e->solution_len,
+            return fail(err, "solution has %zu values (at most %u)", e->solution_len,
                         ARCHIVE_MAX_SOLUTION);
         for (size_t i = 0; i < e->solution_len; i++)
             if (!isfinite(e->solution[i]))
-                return fail(err, "%ssolution value %zu is not finite", where, i + 1);
+                return fail(err, "solution value %zu is not finite", i + 1);
     }
     if (e->metadata && e->metadata_len > ARCHIVE_MAX_METADATA)
-        return fail(err, "%smetadata is %zu bytes (at most %u)", where, e->metadata_len,
+        return fail(err, "metadata is %zu bytes (at most %u)", e->metadata_len,
                     ARCHIVE_MAX_METADATA);
     if (!isfinite(e->timestamp))
-        return fail(err, "%stimestamp is not finite", where);
+        return fail(err, "timestamp is not finite");
+    return 0;
+}
+
+/* Appends the entry the plan needs for e, the elite at pos, and points the record at it
+ * (whatever entry it had becomes garbage). On failure (no memory) nothing changed. */
+static int store_entry(archive_t *a, size_t pos, const archive_entry *e, const entry_plan *plan)
+{
+    size_t size = entry_size(e, plan, !plan->inline_hash);
+    if (arena_reserve(a, sizeof(arena_tag) + size) != 0)
+        return -1;
+    arena_tag tag = {(uint32_t)pos, (uint32_t)size};
+    memcpy(a->arena + a->arena_used, &tag, sizeof tag);
+    entry_write(a->arena + a->arena_used + sizeof tag, e, plan, !plan->inline_hash);
+    head_at(a, pos)->extra = a->arena_used + 1;
+    a->arena_used += sizeof tag + size;
     return 0;
 }
 
 /*
- * Stores e's commit hash, solution kind and (when needed) arena entry for the elite at
- * pos. replacing: the record holds a previous elite whose entry can be recycled. On
- * failure (no memory) the record is unchanged.
+ * Writes e into the record at pos, all but its cell: objective, threshold, timestamp,
+ * measures, the commit hash inline when it fits, the solution kind and, when needed, a
+ * new arena entry. Nothing is read from the record or the arena: replacing an elite
+ * only writes. planned: e's plan, or NULL to make it here. On failure (no memory) the
+ * record is unchanged.
  */
-static int store_variable(archive_t *a, size_t pos, const archive_entry *e, int replacing)
+static int write_record(archive_t *a, size_t pos, const archive_entry *e,
+                        const entry_plan *planned, double threshold)
 {
-    entry_plan plan = plan_entry(a, e);
-    int inline_hash = plan.inline_hash, sol_measures = plan.sol_measures;
-    int needs = !inline_hash || e->metadata || (e->solution && !sol_measures);
-    size_t size = needs ? entry_size(e, &plan, !inline_hash) : 0;
-    size_t old_size = replacing ? entry_size_at(a, head_at(a, pos)) : 0;
-    if (size > old_size && arena_reserve(a, size) != 0)
+    entry_plan computed;
+    if (!planned) {
+        plan_entry(a, e, &computed);
+        planned = &computed;
+    }
+    const entry_plan *plan = planned;
+    int needs = !plan->inline_hash || e->metadata || (e->solution && !plan->sol_measures);
+    if (needs && store_entry(a, pos, e, plan) != 0)
         return -1;
     elite_head *h = head_at(a, pos);
-    if (!needs) {
-        a->arena_garbage += old_size;
+    if (!needs)
         h->extra = 0;
-    } else if (size <= old_size) {
-        entry_write(a->arena + h->extra - 1, e, &plan, !inline_hash);
-        a->arena_garbage += old_size - size;
-    } else {
-        a->arena_garbage += old_size;
-        entry_write(a->arena + a->arena_used, e, &plan, !inline_hash);
-        h->extra = a->arena_used + 1;
-        a->arena_used += size;
-    }
-    h->flags = sol_measures ? REC_SOL_MEASURES : 0;
-    h->hash_len = 0;
+    h->objective = e->objective;
+    h->threshold = threshold;
+    h->timestamp = e->timestamp;
+    memcpy(measures_at(a, pos), e->measures, a->dim * sizeof(double));
+    uint8_t flags = plan->sol_measures ? REC_SOL_MEASURES : 0;
     memset(h->hash, 0, sizeof h->hash);
-    if (inline_hash && plan.packable) {
-        h->flags |= REC_HASH_HEX;
+    if (plan->inline_hash && plan->packable) {
+        h->flags = flags | REC_HASH_HEX;
         h->hash_len = (uint8_t)(e->commit_hash_len / 2);
-        pack_hex(h->hash, e->commit_hash, h->hash_len);
-    } else if (inline_hash) {
-        h->flags |= REC_HASH_RAW;
+        memcpy(h->hash, plan->packed, h->hash_len);
+    } else if (plan->inline_hash) {
+        h->flags = flags | REC_HASH_RAW;
         h->hash_len = (uint8_t)e->commit_hash_len;
         memcpy(h->hash, e->commit_hash, e->commit_hash_len);
+    } else {
+        h->flags = flags;
+        h->hash_len = 0;
     }
     return 0;
 }
@@ -931,35 +1137,60 @@ int archive_reserve(archive_t *a, size_t n, archive_error *err)
         return fail(err, "out of memory");
     /* at most one block per elite, and no more than the grid has */
     uint64_t blocks = a->cells / 64 + 1 < n ? a->cells / 64 + 1 : n;
-    while (a->blockmap_mask / 4 * 3 < blocks)
+    while (a->blockmap_limit < blocks)
         if (blockmap_grow(a) != 0)
             return fail(err, "out of memory");
     return 0;
 }
 
-/* Appends a new elite record for cell (maps and arena included). Returns its position,
- * or SIZE_MAX when memory runs out (nothing changed then). */
-static size_t append_elite(archive_t *a, uint64_t cell, const archive_entry *e,
-                           double threshold)
+/* Bitwise equality: +0.0 and -0.0 differ, as the stored values would. */
+static inline int same_bits(double x, double y)
+{
+    uint64_t bx, by;
+    memcpy(&bx, &x, 8);
+    memcpy(&by, &y, 8);
+    return bx == by;
+}
+
+/* Makes room for one more elite: the record array, the block map, the cell map (which
+ * moves every slot when it grows: *slot is then probed again). -1 when out of memory. */
+static int reserve_one(archive_t *a, uint64_t cell, cell_slot **slot)
 {
     if (a->count >= ARCHIVE_MAX_ELITES)
-        return SIZE_MAX;
-    if (records_reserve(a, a->count + 1) != 0 || cellmap_reserve(a, a->count + 1) != 0 ||
-        blockmap_reserve(a) != 0)
-        return SIZE_MAX;
+        return -1;
+    if (records_reserve(a, a->count + 1) != 0 || blockmap_reserve(a) != 0)
+        return -1;
+    if (!*slot || a->count + 1 > a->slot_limit) {
+        int found;
+        if (cellmap_reserve(a, a->count + 1) != 0)
+            return -1;
+        *slot = slot_probe(a, cell, &found);
+    }
+    return 0;
+}
+
+/* Appends a new elite record for cell (maps and arena included). slot is the empty slot
+ * slot_probe gave for cell, or NULL to probe here. Returns 0, or -1 when memory runs out
+ * (nothing changed then). */
+static int append_elite(archive_t *a, uint64_t cell, cell_slot *slot, const archive_entry *e,
+                        const entry_plan *plan, double threshold)
+{
+    int room = a->count < a->capacity && slot && a->count < a->slot_limit &&
+               a->blockmap_count < a->blockmap_limit;
+    if (!room && reserve_one(a, cell, &slot) != 0)
+        return -1;
     size_t pos = a->count;
-    if (store_variable(a, pos, e, 0) != 0)
-        return SIZE_MAX;
-    elite_head *h = head_at(a, pos);
-    h->cell = cell;
-    h->objective = e->objective;
-    h->threshold = threshold;
-    h->timestamp = e->timestamp;
-    memcpy(measures_at(a, pos), e->measures, a->dim * sizeof(double));
+    if (write_record(a, pos, e, plan, threshold) != 0)
+        return -1;
+    head_at(a, pos)->cell = cell;
     a->count++;
-    cellmap_put(a->cellmap, a->cellmap_mask, a->cellmap_shift, cell, pos);
+    slot->threshold = threshold;
+    slot->key = slot_key(a, cell, a->exact_keys ? 0 : mix64(cell));
+    slot->pos1 = (uint32_t)(pos + 1);
     blockmap_set(a, cell);
-    return pos;
+    if (!same_bits(threshold, e->objective))
+        a->thresholds_are_objectives = 0;
+    return 0;
 }
 
 /* pyribs' running stats after an insert: the sum moves by (objective - previous, 0.0
@@ -972,13 +1203,18 @@ static void note_insert(archive_t *a, double objective, double previous_objectiv
     a->has_objective = 1;
 }
 
-/* The add itself, on a validated entry whose cell is known. */
-static int add_validated(archive_t *a, const archive_entry *e, uint64_t cell,
-                         archive_add_result *r, archive_error *err)
+/*
+ * The add itself, on a validated entry whose cell is known. The decision reads only the
+ * cell's slot (its threshold is there); an improvement then writes the record, reading
+ * it only when the previous objective is not the slot's threshold (CMA-MAE).
+ */
+static int add_validated(archive_t *a, const archive_entry *e, const entry_plan *plan,
+                         uint64_t cell, archive_add_result *r, archive_error *err)
 {
     const archive_options *o = &a->options;
-    size_t pos = cellmap_find(a, cell);
-    double threshold = pos == SIZE_MAX ? o->threshold_min : head_at(a, pos)->threshold;
+    int found;
+    cell_slot *slot = slot_probe(a, cell, &found);
+    double threshold = found ? slot->threshold : o->threshold_min;
     r->cell = cell;
     if (!(e->objective > threshold)) {
         r->status = 0;
@@ -986,7 +1222,7 @@ static int add_validated(archive_t *a, const archive_entry *e, uint64_t cell,
         return 0;
     }
     double base = threshold;
-    if (pos == SIZE_MAX)
+    if (!found)
         base = o->threshold_min == -INFINITY ? 0.0 : o->threshold_min;
     double new_threshold;
     if (o->threshold_min == -INFINITY) {
@@ -995,57 +1231,88 @@ static int add_validated(archive_t *a, const archive_entry *e, uint64_t cell,
         double ratio = 1.0 - o->learning_rate;
         new_threshold = ratio * base + e->objective * (1.0 - ratio);
     }
-    if (pos == SIZE_MAX) {
-        if (append_elite(a, cell, e, new_threshold) == SIZE_MAX)
+    if (!found) {
+        if (append_elite(a, cell, slot, e, plan, new_threshold) != 0)
             return fail(err, a->count >= ARCHIVE_MAX_ELITES ? "the archive is full"
                                                              : "out of memory");
         note_insert(a, e->objective, 0.0);
         r->status = 2;
     } else {
-        if (store_variable(a, pos, e, 1) != 0)
+        size_t pos = (size_t)slot->pos1 - 1;
+        double previous = a->thresholds_are_objectives ? threshold : head_at(a, pos)->objective;
+        if (write_record(a, pos, e, plan, new_threshold) != 0)
             return fail(err, "out of memory");
-        elite_head *h = head_at(a, pos);
-        double previous = h->objective;
-        h->objective = e->objective;
-        h->threshold = new_threshold;
-        h->timestamp = e->timestamp;
-        memcpy(measures_at(a, pos), e->measures, a->dim * sizeof(double));
+        slot->threshold = new_threshold;
+        if (!same_bits(new_threshold, e->objective))
+            a->thresholds_are_objectives = 0;
         note_insert(a, e->objective, previous);
         r->status = 1;
-        if (a->arena_garbage > 65536 && a->arena_garbage > a->arena_used / 2)
-            arena_compact(a);   /* failing to compact is harmless */
     }
     r->delta = e->objective - base;
     return 0;
 }
 
+/* A cell map from this size on is taken to miss the cache (the L2 of a core is 1 MB on
+ * the development VM; bench/archive.md). */
+#define EARLY_PLAN_BYTES ((size_t)1 << 20)
+
 int archive_add(archive_t *a, const archive_entry *e, archive_add_result *r,
                 archive_error *err)
 {
-    if (check_entry(a, e, err, "") != 0)
+    if (a->kind == ARCHIVE_GRID) {
+        /* The cell first (the grid index is safe on any measures), so that its slot and
+         * block are on their way from memory while the entry is checked. When the cell
+         * map is too large to stay in the cache, the entry is also planned (its hash
+         * packed) meanwhile: work only an insert needs, done before the slot tells
+         * whether this is one, because it hides the wait; a small map answers at once,
+         * and the work would only slow rejections down. */
+        uint64_t cell = cell_of(a, e->measures);
+        __builtin_prefetch(slot_home_address(a, cell));
+        __builtin_prefetch(blockmap_home_address(a, cell));
+        if (check_entry(a, e, err) != 0)
+            return -1;
+        if (a->slot_count * sizeof(cell_slot) < EARLY_PLAN_BYTES)
+            return add_validated(a, e, NULL, cell, r, err);
+        entry_plan plan;
+        plan_entry(a, e, &plan);
+        return add_validated(a, e, &plan, cell, r, err);
+    }
+    if (check_entry(a, e, err) != 0)
         return -1;
-    return add_validated(a, e, cell_of(a, e->measures), r, err);
+    return add_validated(a, e, NULL, cell_of(a, e->measures), r, err);
 }
 
 int archive_add_many(archive_t *a, const archive_entry *entries, size_t n,
                      archive_add_result *results, archive_error *err)
 {
-    char where[48];
-    for (size_t i = 0; i < n; i++) {
-        snprintf(where, sizeof where, "entry %zu: ", i);
-        if (check_entry(a, &entries[i], err, where) != 0)
-            return -1;
-    }
-    /* Cells first, then prefetch the map slots a few entries ahead of the adds. */
+    archive_error inner;   /* the message gets its position only when there is one */
+    for (size_t i = 0; i < n; i++)
+        if (check_entry(a, &entries[i], &inner) != 0)
+            return fail(err, "entry %zu: %s", i, inner.message);
+    /*
+     * Cells first, then a two-stage pipeline: the slot of entry i + SLOT_AHEAD is
+     * prefetched; at i + RECORD_AHEAD that slot has arrived, and when the entry looks like
+     * an improvement its record is prefetched for writing. Both are hints: the add itself
+     * decides on what the slots hold when its turn comes.
+     */
     for (size_t i = 0; i < n; i++)
         results[i].cell = cell_of(a, entries[i].measures);
-    enum { AHEAD = 8 };
+    enum { SLOT_AHEAD = 16, RECORD_AHEAD = 8 };
+    for (size_t i = 0; i < n && i < SLOT_AHEAD; i++)
+        __builtin_prefetch(slot_home_address(a, results[i].cell));
     for (size_t i = 0; i < n; i++) {
-        if (i + AHEAD < n) {
-            uint64_t h = mix64(results[i + AHEAD].cell);
-            __builtin_prefetch(&a->cellmap[(size_t)(h >> a->cellmap_shift)]);
+        if (i + SLOT_AHEAD < n)
+            __builtin_prefetch(slot_home_address(a, results[i + SLOT_AHEAD].cell));
+        if (i + RECORD_AHEAD < n) {
+            int found;
+            const cell_slot *s = slot_probe(a, results[i + RECORD_AHEAD].cell, &found);
+            if (found && entries[i + RECORD_AHEAD].objective > s->threshold) {
+                const char *rec = (const char *)head_at(a, (size_t)s->pos1 - 1);
+                __builtin_prefetch(rec, 1);
+                __builtin_prefetch(rec + a->stride * sizeof(uint64_t) - 1, 1);
+            }
         }
-        if (add_validated(a, &entries[i], results[i].cell, &results[i], err) != 0)
+        if (add_validated(a, &entries[i], NULL, results[i].cell, &results[i], err) != 0)
             return -1;
     }
     return 0;
@@ -1068,7 +1335,7 @@ static void fill_elite(const archive_t *a, size_t pos, archive_elite *out)
     out->solution_len = 0;
     entry_view v = {0};
     if (h->extra) {
-        entry_read(a->arena + h->extra - 1, &v);
+        entry_read(entry_at(a, h), &v);
         out->metadata = v.metadata;
         out->metadata_len = v.metadata_len;
         out->solution = v.solution;
@@ -1114,11 +1381,14 @@ uint64_t archive_cell_at(const archive_t *a, size_t pos)
 void archive_clear(archive_t *a)
 {
     a->count = 0;
-    memset(a->cellmap, 0, (a->cellmap_mask + 1) * sizeof *a->cellmap);
-    memset(a->blockmap, 0, (a->blockmap_mask + 1) * sizeof *a->blockmap);
+    memset(a->slots, 0, a->slot_count * sizeof *a->slots);
+    a->thresholds_are_objectives = 1;
+    if (a->block_bits)
+        memset(a->block_bits, 0, a->block_words * sizeof *a->block_bits);
+    else
+        memset(a->blockmap, 0, (a->blockmap_mask + 1) * sizeof *a->blockmap);
     a->blockmap_count = 0;
     a->arena_used = 0;
-    a->arena_garbage = 0;
     a->objective_sum = 0.0;
     a->has_objective = 0;
     a->obj_max = 0.0;
@@ -1152,14 +1422,30 @@ static size_t *swap_slot(swap_map *m, uint64_t key, int *found)
     }
 }
 
+/* Asks for the record at pos (both of its cache lines), which the caller is about to
+ * read: reading n sampled elites then waits for memory about once, not n times. Only
+ * the first SAMPLE_PREFETCH draws: more would push the first ones out of the cache
+ * before they are read. */
+#define SAMPLE_PREFETCH 256
+
+static inline void prefetch_record(const archive_t *a, size_t pos)
+{
+    const char *record = (const char *)head_at(a, pos);
+    __builtin_prefetch(record);
+    __builtin_prefetch(record + a->stride * sizeof(uint64_t) - 1);
+}
+
 size_t archive_sample(const archive_t *a, rng_t *rng, size_t n, int replace, size_t *out)
 {
     size_t size = a->count;
     if (size == 0)
         return 0;
     if (replace) {
-        for (size_t i = 0; i < n; i++)
+        for (size_t i = 0; i < n; i++) {
             out[i] = (size_t)rng_below(rng, size);
+            if (i < SAMPLE_PREFETCH)
+                prefetch_record(a, out[i]);
+        }
         return n;
     }
     if (n > size)
@@ -1176,6 +1462,8 @@ size_t archive_sample(const archive_t *a, rng_t *rng, size_t n, int replace, siz
                 v[i] = v[j];
                 v[j] = t;
                 out[i] = v[i];
+                if (i < SAMPLE_PREFETCH)
+                    prefetch_record(a, out[i]);
             }
             free(v);
             return n;
@@ -1201,6 +1489,8 @@ size_t archive_sample(const archive_t *a, rng_t *rng, size_t n, int replace, siz
         *si = vj;
         *sj = vi;
         out[i] = vj;
+        if (i < SAMPLE_PREFETCH)
+            prefetch_record(a, out[i]);
     }
     free(m.keys);
     free(m.values);
@@ -1435,7 +1725,7 @@ int archive_restore(archive_t *a, uint64_t cell, const archive_entry *e, double 
     if (cell >= a->cells)
         return fail(err, "cell %llu is outside the archive (%llu cells)",
                     (unsigned long long)cell, (unsigned long long)a->cells);
-    if (check_entry(a, e, err, "") != 0)
+    if (check_entry(a, e, err) != 0)
         return -1;
     if (!isfinite(threshold))
         return fail(err, "threshold is not finite (%.17g)", threshold);
@@ -1443,9 +1733,11 @@ int archive_restore(archive_t *a, uint64_t cell, const archive_entry *e, double 
     if (expected != cell)
         return fail(err, "cell %llu does not match its measures (they index cell %llu)",
                     (unsigned long long)cell, (unsigned long long)expected);
-    if (cellmap_find(a, cell) != SIZE_MAX)
+    int found;
+    cell_slot *slot = slot_probe(a, cell, &found);
+    if (found)
         return fail(err, "cell %llu is already occupied", (unsigned long long)cell);
-    if (append_elite(a, cell, e, threshold) == SIZE_MAX)
+    if (append_elite(a, cell, slot, e, NULL, threshold) != 0)
         return fail(err, a->count >= ARCHIVE_MAX_ELITES ? "the archive is full"
                                                          : "out of memory");
     note_insert(a, e->objective, 0.0);
@@ -1548,7 +1840,8 @@ int archive_save(const archive_t *a, unsigned char **blob, size_t *len, archive_
         archive_entry e = {el.commit_hash, el.commit_hash_len, el.objective, el.measures,
                            el.solution, el.solution_len, el.metadata, el.metadata_len,
                            el.timestamp};
-        entry_plan plan = plan_entry(a, &e);
+        entry_plan plan;
+        plan_entry(a, &e, &plan);
         size_t size = entry_size(&e, &plan, 1);
         bad |= put_u64(&w, el.cell) | put_f64(&w, el.objective) | put_f64(&w, el.threshold) |
                put_f64(&w, el.timestamp) | put(&w, el.measures, a->dim * 8) |
@@ -1605,12 +1898,7 @@ static int entry_parse(const unsigned char *p, size_t size, archive_entry *e, ch
     if (flags & ENTRY_HEX) {
         if (2 * stored > ARCHIVE_MAX_COMMIT_HASH)
             return fail(err, "entry's packed commit hash is too long");
-        static const char digits[] = "0123456789abcdef";
-        for (size_t i = 0; i < stored; i++) {
-            hash_buf[2 * i] = digits[p[n + i] >> 4];
-            hash_buf[2 * i + 1] = digits[p[n + i] & 15];
-        }
-        e->commit_hash_len = 2 * stored;
+        e->commit_hash_len = unpack_hex(hash_buf, p + n, stored);
     } else {
         memcpy(hash_buf, p + n, stored);
         e->commit_hash_len = stored;
@@ -1691,8 +1979,8 @@ int archive_load(const void *data, size_t len, archive_t **out, archive_error *e
     *out = NULL;
 
     char magic[8];
-    uint32_t version, kind, dim32, flags;
-    uint64_t total, count, checksum;
+    uint32_t version = 0, kind = 0, dim32 = 0, flags = 0;   /* take() fills them: the */
+    uint64_t total = 0, count = 0, checksum;                /* length was checked first */
     archive_options o;
     double objective_sum, obj_max;
     if (len < BLOB_HEADER + 8)
@@ -1784,11 +2072,31 @@ int archive_load(const void *data, size_t len, archive_t **out, archive_error *e
     }
     if (archive_reserve(a, (size_t)count, err) != 0)
         goto out;
+    /* A scout runs SCOUT elites ahead of the parser, reading only their cells and entry
+     * sizes, and prefetches their cell-map slots (a hint: it validates nothing and stops
+     * at the first elite that does not fit in the blob). */
+    enum { SCOUT = 16 };
+    size_t scout = r.at, elite_fixed = 8 * (4 + dim);
     for (uint64_t i = 0; i < count; i++) {
         uint64_t cell;
         uint32_t size;
         archive_entry e;
         double threshold;
+        for (; scout != SIZE_MAX && scout <= r.at + SCOUT * (elite_fixed + 12);) {
+            uint64_t scout_cell;
+            uint32_t scout_size;
+            if (elite_fixed + 4 > r.len - scout) {
+                scout = SIZE_MAX;
+                break;
+            }
+            memcpy(&scout_cell, r.p + scout, 8);
+            memcpy(&scout_size, r.p + scout + elite_fixed, 4);
+            if (scout_cell < a->cells)
+                __builtin_prefetch(slot_home_address(a, scout_cell), 1);
+            scout = scout_size > r.len - scout - elite_fixed - 4
+                        ? SIZE_MAX
+                        : scout + elite_fixed + 4 + scout_size;
+        }
         if (take(&r, &cell, 8) || take(&r, &e.objective, 8) || take(&r, &threshold, 8) ||
             take(&r, &e.timestamp, 8) || take(&r, measures, dim * 8) || take(&r, &size, 4) ||
             size > r.len - r.at) {

@@ -28,6 +28,7 @@
  * allows 2^63 - 1); elites and rows are tables of the shape in SHAPES.md.
  */
 #include <math.h>
+#include <stdarg.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -79,24 +80,57 @@ static int is_null(lua_State *L, int idx)
            (lua_type(L, idx) == LUA_TLIGHTUSERDATA && lua_touserdata(L, idx) == NULL);
 }
 
-/* An array of numbers at idx into out (exactly n); raises naming `what`. */
-static void read_numbers(lua_State *L, int idx, double *out, size_t n, const char *what)
+/*
+ * Where a value sits, for error messages: a prefix with one %d (the item or row number),
+ * formatted only when an error is raised, so a loop over thousands of items formats
+ * nothing. NULL: no prefix.
+ */
+typedef struct where {
+    const char *prefix;   /* e.g. "archive:add_many: item %d: " */
+    int index;
+} where;
+
+/* Raises "<position>: <prefix><message>", as luaL_error would with the prefix. */
+static int raise_at(lua_State *L, const where *w, const char *fmt, ...)
+{
+    luaL_where(L, 1);
+    if (w)
+        lua_pushfstring(L, w->prefix, w->index);
+    else
+        lua_pushliteral(L, "");
+    va_list ap;
+    va_start(ap, fmt);
+    lua_pushvfstring(L, fmt, ap);
+    va_end(ap);
+    lua_concat(L, 3);
+    return lua_error(L);
+}
+
+/* An array of numbers at idx into out (exactly n); raises naming w and `what`. */
+static void read_numbers_at(lua_State *L, int idx, double *out, size_t n, const where *w,
+                            const char *what)
 {
     idx = lmod_absindex(L, idx);
     if (!lua_istable(L, idx))
-        luaL_error(L, "%s must be an array of %d numbers, got %s", what, (int)n,
-                   luaL_typename(L, idx));
+        raise_at(L, w, "%s must be an array of %d numbers, got %s", what, (int)n,
+                 luaL_typename(L, idx));
     size_t len = lua_objlen(L, idx);
     if (len != n)
-        luaL_error(L, "%s has %d values, archive has %d dimensions", what, (int)len, (int)n);
+        raise_at(L, w, "%s has %d values, archive has %d dimensions", what, (int)len, (int)n);
     for (size_t i = 0; i < n; i++) {
         lua_rawgeti(L, idx, (int)i + 1);
         if (lua_type(L, -1) != LUA_TNUMBER)
-            luaL_error(L, "%s[%d] must be a number, got %s", what, (int)i + 1,
-                       luaL_typename(L, -1));
+            raise_at(L, w, "%s[%d] must be a number, got %s", what, (int)i + 1,
+                     luaL_typename(L, -1));
         out[i] = lua_tonumber(L, -1);
         lua_pop(L, 1);
     }
+}
+
+/* An array of numbers at idx into out (exactly n); raises naming `what`. */
+static void read_numbers(lua_State *L, int idx, double *out, size_t n, const char *what)
+{
+    read_numbers_at(L, idx, out, n, NULL, what);
 }
 
 /* A cell argument: an integer-valued number in [0, cells); raises otherwise. */
@@ -304,7 +338,7 @@ static void push_cells(lua_State *L, const uint64_t *cells, size_t n)
 static const char *const add_keys[] = {"solution", "metadata", "timestamp", NULL};
 
 /* Reads an optional solution at idx into a scratch buffer (pushed when present). */
-static void read_solution(lua_State *L, int idx, archive_entry *e, const char *who)
+static void read_solution(lua_State *L, int idx, archive_entry *e, const where *w)
 {
     idx = lmod_absindex(L, idx);
     e->solution = NULL;
@@ -312,18 +346,17 @@ static void read_solution(lua_State *L, int idx, archive_entry *e, const char *w
     if (is_null(L, idx))
         return;
     if (!lua_istable(L, idx))
-        luaL_error(L, "%ssolution must be an array of numbers, got %s", who,
-                   luaL_typename(L, idx));
+        raise_at(L, w, "solution must be an array of numbers, got %s", luaL_typename(L, idx));
     size_t n = lua_objlen(L, idx);
     if (n > ARCHIVE_MAX_SOLUTION)
-        luaL_error(L, "%ssolution has %d values (at most %d)", who, (int)n,
-                   (int)ARCHIVE_MAX_SOLUTION);
+        raise_at(L, w, "solution has %d values (at most %d)", (int)n,
+                 (int)ARCHIVE_MAX_SOLUTION);
     double *buf = scratch(L, n * sizeof *buf);
     for (size_t i = 0; i < n; i++) {
         lua_rawgeti(L, idx, (int)i + 1);
         if (lua_type(L, -1) != LUA_TNUMBER)
-            luaL_error(L, "%ssolution[%d] must be a number, got %s", who, (int)i + 1,
-                       luaL_typename(L, -1));
+            raise_at(L, w, "solution[%d] must be a number, got %s", (int)i + 1,
+                     luaL_typename(L, -1));
         buf[i] = lua_tonumber(L, -1);
         lua_pop(L, 1);
     }
@@ -333,25 +366,24 @@ static void read_solution(lua_State *L, int idx, archive_entry *e, const char *w
 
 /* An optional metadata string at idx; the pointer stays valid while the value is
  * anchored (in an options table, an item, or on the stack). */
-static void read_metadata(lua_State *L, int idx, archive_entry *e, const char *who)
+static void read_metadata(lua_State *L, int idx, archive_entry *e, const where *w)
 {
     e->metadata = NULL;
     e->metadata_len = 0;
     if (is_null(L, idx))
         return;
     if (lua_type(L, idx) != LUA_TSTRING)
-        luaL_error(L, "%smetadata must be a string (JSON text), got %s", who,
-                   luaL_typename(L, idx));
+        raise_at(L, w, "metadata must be a string (JSON text), got %s", luaL_typename(L, idx));
     e->metadata = lua_tolstring(L, idx, &e->metadata_len);
 }
 
 /* An optional timestamp at idx; nil means now (wall clock). */
-static double read_timestamp(lua_State *L, int idx, const char *who)
+static double read_timestamp(lua_State *L, int idx, const where *w)
 {
     if (lua_isnil(L, idx))
         return host_wall_time();
     if (lua_type(L, idx) != LUA_TNUMBER)
-        luaL_error(L, "%stimestamp must be a number, got %s", who, luaL_typename(L, idx));
+        raise_at(L, w, "timestamp must be a number, got %s", luaL_typename(L, idx));
     return lua_tonumber(L, idx);
 }
 
@@ -376,17 +408,17 @@ static int archive_add_l(lua_State *L)
         lua_getfield(L, 5, "metadata");
     else
         lua_pushnil(L);
-    read_metadata(L, -1, &e, "");   /* a string stays anchored in the options table */
+    read_metadata(L, -1, &e, NULL);   /* a string stays anchored in the options table */
     if (has_options)
         lua_getfield(L, 5, "timestamp");
     else
         lua_pushnil(L);
-    e.timestamp = read_timestamp(L, -1, "");
+    e.timestamp = read_timestamp(L, -1, NULL);
     if (has_options)
         lua_getfield(L, 5, "solution");
     else
         lua_pushnil(L);
-    read_solution(L, -1, &e, "");   /* its buffer stays on the stack */
+    read_solution(L, -1, &e, NULL);   /* its buffer stays on the stack */
     archive_add_result r;
     archive_error err;
     if (archive_add(a, &e, &r, &err) != 0)
@@ -400,6 +432,28 @@ static int archive_add_l(lua_State *L)
 static const char *const item_keys[] = {"commit_hash", "objective", "measures", "solution",
                                         "metadata", "timestamp", NULL};
 
+/*
+ * Raises, with lmod_check_options' message, when the item at idx has a key besides its
+ * `present` known fields (0: check by name). Counting the item's keys is enough when the
+ * caller knows how many known fields it found, and costs no string comparison.
+ */
+static void check_item_keys(lua_State *L, int idx, int present, int number)
+{
+    int keys = 0;
+    if (present > 0) {
+        lua_pushnil(L);
+        while (lua_next(L, idx)) {
+            lua_pop(L, 1);
+            keys++;
+        }
+        if (keys == present)
+            return;
+    }
+    lua_pushfstring(L, "archive:add_many: item %d", number);
+    lmod_check_options(L, idx, item_keys, lua_tostring(L, -1));
+    lua_pop(L, 1);
+}
+
 /* a:add_many(items) -> statuses, deltas, cells. Every item is checked before any is
  * added; the adds are exactly a sequence of a:add calls. */
 static int archive_add_many_l(lua_State *L)
@@ -412,39 +466,42 @@ static int archive_add_many_l(lua_State *L)
     archive_add_result *results = scratch(L, n * sizeof *results);
     lua_newtable(L);   /* anchors the solution buffers until the adds are done */
     int anchors = lua_gettop(L);
-    char who[48];
     for (size_t i = 0; i < n; i++) {
         archive_entry *e = &entries[i];
-        snprintf(who, sizeof who, "archive:add_many: item %d: ", (int)i + 1);
+        where w = {"archive:add_many: item %d: ", (int)i + 1};
         lua_rawgeti(L, 2, (int)i + 1);
         int item = lua_gettop(L);
         if (!lua_istable(L, item))
-            return luaL_error(L, "%sexpected a table, got %s", who, luaL_typename(L, item));
-        lua_pushfstring(L, "archive:add_many: item %d", (int)i + 1);
-        lmod_check_options(L, item, item_keys, lua_tostring(L, -1));
-        lua_pop(L, 1);
+            return raise_at(L, &w, "expected a table, got %s", luaL_typename(L, item));
         /* strings read below stay anchored in the item, itself anchored in the list */
         lua_getfield(L, item, "commit_hash");
-        if (lua_type(L, -1) != LUA_TSTRING)
-            return luaL_error(L, "%scommit_hash must be a string, got %s", who,
-                              luaL_typename(L, -1));
+        if (lua_type(L, -1) != LUA_TSTRING) {
+            check_item_keys(L, item, 0, (int)i + 1);   /* an unknown key is the first error */
+            return raise_at(L, &w, "commit_hash must be a string, got %s",
+                            luaL_typename(L, -1));
+        }
         e->commit_hash = lua_tolstring(L, -1, &e->commit_hash_len);
         lua_getfield(L, item, "objective");
-        if (lua_type(L, -1) != LUA_TNUMBER)
-            return luaL_error(L, "%sobjective must be a number, got %s", who,
-                              luaL_typename(L, -1));
+        if (lua_type(L, -1) != LUA_TNUMBER) {
+            check_item_keys(L, item, 0, (int)i + 1);
+            return raise_at(L, &w, "objective must be a number, got %s", luaL_typename(L, -1));
+        }
         e->objective = lua_tonumber(L, -1);
         lua_getfield(L, item, "metadata");
-        read_metadata(L, -1, e, who);
         lua_getfield(L, item, "timestamp");
-        e->timestamp = read_timestamp(L, -1, who);
         lua_getfield(L, item, "solution");
-        read_solution(L, -1, e, who);
+        lua_getfield(L, item, "measures");
+        /* stack: item, commit_hash, objective, metadata, timestamp, solution, measures */
+        int present = 2;
+        for (int k = item + 3; k <= item + 6; k++)
+            present += !lua_isnil(L, k);
+        check_item_keys(L, item, present, (int)i + 1);
+        read_metadata(L, item + 3, e, &w);
+        e->timestamp = read_timestamp(L, item + 4, &w);
+        read_solution(L, item + 5, e, &w);   /* pushes its buffer */
         if (e->solution)
             lua_rawseti(L, anchors, (int)i + 1);
-        lua_getfield(L, item, "measures");
-        snprintf(who, sizeof who, "archive:add_many: item %d: measures", (int)i + 1);
-        read_numbers(L, -1, measures + i * dim, dim, who);
+        read_numbers_at(L, item + 6, measures + i * dim, dim, &w, "measures");
         e->measures = measures + i * dim;
         lua_settop(L, item - 1);
     }
@@ -488,11 +545,10 @@ static int archive_index_of_many_l(lua_State *L)
     size_t n = lua_objlen(L, 2), dim = archive_dimensions(a);
     double *m = scratch(L, n * dim * sizeof *m);
     uint64_t *cells = scratch(L, n * sizeof *cells);
-    char what[48];
     for (size_t i = 0; i < n; i++) {
         lua_rawgeti(L, 2, (int)i + 1);
-        snprintf(what, sizeof what, "measures[%d]", (int)i + 1);
-        read_numbers(L, -1, m + i * dim, dim, what);
+        where w = {"measures[%d]", (int)i + 1};
+        read_numbers_at(L, -1, m + i * dim, dim, &w, "");
         lua_pop(L, 1);
     }
     archive_error err;
