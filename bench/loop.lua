@@ -263,8 +263,10 @@ stages.shutdown(ctx)
 -- 6. the full loop: host + example workers doing trivial jobs. The scheduler's clone
 -- shares the origin's object store (one machine, git clone --shared), as the demo's
 -- workers write into the origin; the figure with a fetch per tick follows.
+local loop_runs = 0
 local function full_loop(total, shared)
-  local lstack = setup.start(dir .. (shared and "/loop-shared" or "/loop-fetch"),
+  loop_runs = loop_runs + 1   -- a fresh stack per run: a reused database is already done
+  local lstack = setup.start(("%s/loop-%d-%s"):format(dir, loop_runs, shared and "shared" or "fetch"),
     { shared = shared, max_connections = 200 })
   local env = setup.environment(lstack, {
     SCHEDULER_MAX_TOTAL_JOBS = tostring(total),
