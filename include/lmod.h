@@ -62,6 +62,10 @@ void lmod_install(lua_State *L);
  */
 int lmod_push_resource(lua_State *L, const char *path);
 
+/* Reads a whole file into a Lua string on the stack. Returns 1 when pushed, 0 when the
+ * file does not exist (nothing pushed), -1 on another error (a message pushed). */
+int lmod_push_file(lua_State *L, const char *path);
+
 /* Pushes nil and a formatted message; returns 2 (use as `return lmod_fail(L, ...)`).
  * Like luaL_error, the format is lua_pushfstring's: only %s %d %f %p %c %% are
  * understood (no %lld, %zu or %g: format those with snprintf first). */

@@ -20,9 +20,7 @@ const lmod_embedded_file *lmod_find_embedded(const char *path)
     return NULL;
 }
 
-/* Reads a whole file into a Lua string on the stack. Returns 1 if pushed, 0 if the file
- * does not exist, -1 on another error (message pushed). */
-static int push_file(lua_State *L, const char *path)
+int lmod_push_file(lua_State *L, const char *path)
 {
     FILE *f = fopen(path, "rb");
     if (!f) {
@@ -56,7 +54,7 @@ int lmod_push_resource(lua_State *L, const char *path)
     if (dir && *dir) {
         lua_pushfstring(L, "%s/%s", dir, path);
         const char *full = lua_tostring(L, -1);
-        int r = push_file(L, full);
+        int r = lmod_push_file(L, full);
         lua_remove(L, -2);
         if (r == 1)
             return 1;
@@ -99,7 +97,7 @@ static int embedded_searcher(lua_State *L)
     if (dir && *dir) {
         lua_pushfstring(L, "%s/%s", dir, path);   /* name path fullpath */
         const char *full = lua_tostring(L, -1);
-        int r = push_file(L, full);               /* name path fullpath source|msg */
+        int r = lmod_push_file(L, full);               /* name path fullpath source|msg */
         if (r < 0)
             return lua_error(L);
         if (r == 0) {

@@ -197,23 +197,14 @@ static int sys_mkdtemp(lua_State *L)
 static int sys_read_file(lua_State *L)
 {
     const char *path = luaL_checkstring(L, 1);
-    FILE *f = fopen(path, "rb");
-    if (!f)
-        return lmod_fail(L, "cannot open %s: %s", path, strerror(errno));
-    luaL_Buffer b;
-    luaL_buffinit(L, &b);
-    size_t n;
-    do {
-        char *p = luaL_prepbuffer(&b);
-        n = fread(p, 1, LUAL_BUFFERSIZE, f);
-        luaL_addsize(&b, n);
-    } while (n == LUAL_BUFFERSIZE);
-    int failed = ferror(f);
-    fclose(f);
-    luaL_pushresult(&b);
-    if (failed)
-        return lmod_fail(L, "cannot read %s", path);
-    return 1;
+    int r = lmod_push_file(L, path);
+    if (r == 1)
+        return 1;
+    if (r == 0)
+        return lmod_fail(L, "cannot open %s: %s", path, strerror(ENOENT));
+    lua_pushnil(L);
+    lua_insert(L, -2);
+    return 2;
 }
 
 static int sys_write_file(lua_State *L)

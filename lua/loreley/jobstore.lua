@@ -743,48 +743,9 @@ local function save_history(self, island_id, rows)
   return true
 end
 
-local SQL_REDUCER_CHANGES = [[
-WITH state AS (
-  INSERT INTO loreley_reducer_state (experiment_id, island_id, projection, samples_since_fit)
-  VALUES ($1, $2, $3, $4)
-  ON CONFLICT (experiment_id, island_id) DO UPDATE SET
-    projection = CASE WHEN $5 THEN EXCLUDED.projection ELSE loreley_reducer_state.projection END,
-    samples_since_fit = EXCLUDED.samples_since_fit, updated_at = now()
-  RETURNING 1),
-appended AS (
-  INSERT INTO loreley_reducer_history (experiment_id, island_id, seq, commit_hash, vector)
-  SELECT $1, $2, $6, $7, $8 WHERE $6::bigint IS NOT NULL
-  ON CONFLICT (experiment_id, island_id, seq) DO UPDATE SET commit_hash = EXCLUDED.commit_hash,
-    vector = EXCLUDED.vector
-  RETURNING 1),
-trimmed AS (
-  DELETE FROM loreley_reducer_history
-  WHERE experiment_id = $1 AND island_id = $2 AND seq < $9
-  RETURNING 1)
-SELECT (SELECT count(*) FROM appended) AS appended, (SELECT count(*) FROM trimmed) AS trimmed]]
 
--- Persists reducer:take_changes() incrementally: the projection when it is present, the
--- counter, one INSERT per appended history row, one DELETE for the rows before
--- trim_before_seq. The common case of an ingestion (at most one new row) is ONE
--- statement; more rows go in one transaction.
-function Store:save_reducer_changes(island_id, changes)
-  check_string(island_id, "island_id")
-  if type(changes) ~= "table" then fail("changes must be a reducer:take_changes() table") end
-  check_integer(changes.samples_since_fit, "changes.samples_since_fit")
-  if changes.projection ~= nil and type(changes.projection) ~= "string" then
-    fail("changes.projection must be a string")
-  end
-  local append = changes.append or {}
-  for i, h in ipairs(append) do check_history_row(h, ("changes.append[%d]"):format(i)) end
-  check_integer(changes.trim_before_seq, "changes.trim_before_seq", true)
-  if #append <= 1 then
-    local h = append[1] or {}
-    local rows, err, code = self.conn:query(SQL_REDUCER_CHANGES, self.experiment_id, island_id,
-      changes.projection or NULL, changes.samples_since_fit, changes.projection ~= nil,
-      h.seq or NULL, h.commit_hash or NULL, h.vector or NULL, changes.trim_before_seq or 0)
-    if not rows then return nil, err, code end
-    return true
-  end
+-- The reducer's changes in one transaction (more than one new history row).
+local function save_changes_tx(self, island_id, changes, append)
   return self.conn:tx(function(c)
     local ok, err, code
     if changes.projection ~= nil then
@@ -804,6 +765,13 @@ function Store:save_reducer_changes(island_id, changes)
     end
     return true
   end)
+end
+
+-- Persists reducer:take_changes() incrementally: the projection when it is present, the
+-- counter, the appended history rows, the removal of the rows before trim_before_seq
+-- (store:ingest without a cell or a job: one statement in the common case).
+function Store:save_reducer_changes(island_id, changes)
+  return self:ingest { island_id = island_id, changes = changes }
 end
 
 -- Replaces the whole reducer state with reducer:rows() (first save, or a reset).
@@ -920,7 +888,7 @@ function Store:ingest(spec)
         local ok, err, code = self:upsert_cell(island_id, row)
         if not ok then return nil, err, code end
       end
-      local ok, err, code = self:save_reducer_changes(island_id, changes)
+      local ok, err, code = save_changes_tx(self, island_id, changes, append)
       if not ok then return nil, err, code end
       if spec.job_id and spec.state then
         ok, err, code = self:record_ingestion(spec.job_id, spec.state)
