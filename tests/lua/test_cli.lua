@@ -145,4 +145,22 @@ t.case("LOG_FORMAT=json gives one JSON object per line", function()
   t.ok(n >= 2, "expected at least two log lines")
 end)
 
+t.case("coloured levels on a terminal, plain lines otherwise, NO_COLOR respected", function()
+  local sys = require "loreley.sys"
+  local probe = sys.run { "script", "--version" }
+  if not (probe and probe.code == 0) then
+    io.stderr:write("  (script(1) not available: terminal case not run)\n")
+  else
+    local cmd = ("%s --once %s 2>&1"):format(t.host_binary, P .. "sleepy.lua")
+    local r = assert(sys.run({ "script", "-qec", cmd, "/dev/null" }, { env = { NO_COLOR = false,
+      LOG_FORMAT = false }, timeout = 30 }))
+    t.match(r.stdout, "\27%[32mINFO", "INFO in green on a terminal")
+    r = assert(sys.run({ "script", "-qec", cmd, "/dev/null" }, { env = { NO_COLOR = "1" }, timeout = 30 }))
+    t.no_match(r.stdout, "\27%[", "NO_COLOR")
+  end
+  local r = t.run_host({ "--once", P .. "sleepy.lua" }, { env = { NO_COLOR = false } })
+  t.no_match(r.stderr, "\27%[", "no colour into a pipe")
+  t.match(r.stderr, "%d%d%d%d%-%d%d%-%d%d %d%d:%d%d:%d%d%.%d%d%d INFO    sleepy tick 1")
+end)
+
 t.finish()
